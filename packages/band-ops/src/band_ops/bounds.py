@@ -1,0 +1,100 @@
+"""``ratio_bounds``: the Band operator, per-token ratio bounds from an f-divergence trust region."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from band_ops.divergences import get_divergence
+from band_ops.newton import newton_bounds
+
+
+def ratio_bounds(
+    old_logprobs: Tensor,
+    *,
+    divergence: str = "kl",
+    delta: float = 0.05,
+    max_ratio: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Returns (lower, upper): the band {r in [0, 1/p] : g_f(p, r) <= delta} for each token.
+
+    BandPO (Li et al., ICML 2026, arXiv 2603.04918). For a sampled token with old probability
+    p = exp(old_logprob), the ratio r = pi / pi_old is allowed to move as far as a binary
+    f-divergence trust region of radius ``delta`` permits; where the region reaches a domain
+    edge the bound saturates at exactly 0 or 1/p.
+
+    Args:
+        old_logprobs: (...) log-probabilities of the sampled tokens under the old policy, <= 0.
+            float64 is solved in float64; float32, bfloat16 and float16 in float32.
+        divergence: a registered divergence name (see ``available_divergences()``).
+        delta: trust-region radius, finite and > 0.
+        max_ratio: cap on the upper bound (the paper uses 10); ``None`` for no cap.
+
+    Returns:
+        (lower, upper), each with the shape, dtype and device of ``old_logprobs``, without
+        gradient; 0 <= lower <= 1 <= upper <= 1/p. Log-probabilities below the compute dtype's
+        smallest normal number are treated as that number. In float16, where 1/p can exceed the
+        largest finite value, the upper bound is capped at that value.
+    """
+    spec = get_divergence(divergence)
+    _check_delta(delta)
+    _check_max_ratio(max_ratio)
+    _check_logprobs(old_logprobs)
+    with torch.no_grad():
+        compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
+        finfo = torch.finfo(compute)
+        flat = old_logprobs.detach().reshape(-1).to(compute)
+        flat = flat.clamp(min=math.log(finfo.tiny))
+        p = torch.exp(flat)
+        # 1 - p from log p keeps its precision near p = 1 (where p itself may round to 1).
+        p1 = torch.expm1(flat).neg_().clamp_(min=finfo.tiny)
+        if spec.solver is not None:
+            lower, upper = spec.solver(p, p1, float(delta))
+        else:
+            # A generic generator cancels badly near u = 1 in float32: solve in float64.
+            lower, upper = newton_bounds(
+                spec.generator, p.double(), p1.double(), float(delta)
+            )
+            lower, upper = lower.to(compute), upper.to(compute)
+        lower = lower.clamp(0.0, 1.0)
+        upper = torch.minimum(upper.clamp(min=1.0), p.reciprocal())
+        if max_ratio is not None:
+            upper = upper.clamp(max=max_ratio)
+        out_dtype = old_logprobs.dtype
+        if torch.finfo(out_dtype).max < finfo.max:
+            upper = upper.clamp(max=torch.finfo(out_dtype).max)
+        lower = lower.to(out_dtype).reshape(old_logprobs.shape)
+        upper = upper.to(out_dtype).reshape(old_logprobs.shape)
+    return lower, upper
+
+
+def _check_delta(delta: float) -> None:
+    if isinstance(delta, bool) or not isinstance(delta, int | float):
+        raise ValueError(f"delta must be a positive finite number, got {delta!r}")
+    if not math.isfinite(delta) or delta <= 0:
+        raise ValueError(f"delta must be a positive finite number, got {delta!r}")
+
+
+def _check_max_ratio(max_ratio: float | None) -> None:
+    if max_ratio is None:
+        return
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, int | float):
+        raise ValueError(f"max_ratio must be a number >= 1 or None, got {max_ratio!r}")
+    if math.isnan(max_ratio) or max_ratio < 1:
+        raise ValueError(f"max_ratio must be >= 1 (or None for no cap), got {max_ratio!r}")
+
+
+def _check_logprobs(old_logprobs: Tensor) -> None:
+    if not isinstance(old_logprobs, Tensor):
+        raise ValueError(f"old_logprobs must be a torch.Tensor, got {type(old_logprobs).__name__}")
+    if not old_logprobs.is_floating_point():
+        raise ValueError(f"old_logprobs must be a floating-point tensor, got {old_logprobs.dtype}")
+    bad = torch.isnan(old_logprobs) | (old_logprobs > 0)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        value = float(old_logprobs[index]) if index else float(old_logprobs)
+        raise ValueError(
+            f"old_logprobs must be log-probabilities (<= 0, not NaN); found {value} at index {index}"
+        )
