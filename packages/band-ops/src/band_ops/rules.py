@@ -1,0 +1,184 @@
+"""Clipping rules: old log-probabilities -> per-token ratio bounds (lower, upper), in a registry.
+
+A rule is any object with ``name`` and ``bounds(old_logprobs) -> (lower, upper)``; the built-in
+rules are frozen dataclasses so that a trainer config can hold them and print them. The registry
+maps a name to a rule class; ``get_rule(name, **params)`` builds one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from band_ops.bounds import ratio_bounds
+from band_ops.divergences import get_divergence
+
+
+@runtime_checkable
+class ClippingRule(Protocol):
+    """What the policy loss needs from a rule: a name and per-token bounds without gradient."""
+
+    name: str
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (lower, upper) ratio bounds with the shape and dtype of ``old_logprobs``."""
+        ...
+
+
+R = TypeVar("R")
+_RULES: dict[str, type] = {}
+
+
+def register_rule(name: str) -> Callable[[type[R]], type[R]]:
+    """Class decorator: registers a rule class under ``name`` (sets its ``name`` attribute)."""
+
+    def _register(cls: type[R]) -> type[R]:
+        if name in _RULES:
+            raise ValueError(f"clipping rule {name!r} is already registered")
+        _RULES[name] = cls
+        return cls
+
+    return _register
+
+
+def available_rules() -> list[str]:
+    """Returns the registered rule names, sorted."""
+    return sorted(_RULES)
+
+
+def get_rule(name: str, **params: Any) -> ClippingRule:
+    """Returns a new rule ``name`` built with ``params``; the error lists the valid names."""
+    try:
+        cls = _RULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown clipping rule {name!r}; valid names: {', '.join(available_rules())}"
+        ) from None
+    try:
+        rule: ClippingRule = cls(**params)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for clipping rule {name!r}: {exc}") from None
+    return rule
+
+
+def resolve_rule(rule: str | ClippingRule) -> ClippingRule:
+    """Returns ``rule`` itself if it is a rule object, else the registered rule with defaults."""
+    if isinstance(rule, str):
+        return get_rule(rule)
+    if isinstance(rule, ClippingRule):
+        return rule
+    raise ValueError(
+        f"rule must be a registered name ({', '.join(available_rules())}) or an object with "
+        f"`name` and `bounds(old_logprobs)`, got {rule!r}"
+    )
+
+
+def _check_eps(name: str, value: float, upper_limit: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (0 <= value < upper_limit) or math.isnan(value):
+        raise ValueError(f"{name} must be in [0, {upper_limit}), got {value!r}")
+
+
+def _constant_bounds(old_logprobs: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    lower = torch.full_like(old_logprobs, low).detach()
+    upper = torch.full_like(old_logprobs, high).detach()
+    return lower, upper
+
+
+@register_rule("ppo")
+@dataclass(frozen=True)
+class PPO:
+    """PPO's symmetric clip: r in [1 - eps, 1 + eps] for every token (Schulman et al., 2017)."""
+
+    eps: float = 0.2
+    name: str = "ppo"
+
+    def __post_init__(self) -> None:
+        _check_eps("eps", self.eps, 1.0)
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns constant bounds (1 - eps, 1 + eps) shaped like ``old_logprobs``."""
+        return _constant_bounds(old_logprobs, 1 - self.eps, 1 + self.eps)
+
+
+@register_rule("clip_higher")
+@dataclass(frozen=True)
+class ClipHigher:
+    """DAPO's Clip-Higher: r in [1 - eps_low, 1 + eps_high], decoupled (Yu et al., 2025)."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    name: str = "clip_higher"
+
+    def __post_init__(self) -> None:
+        _check_eps("eps_low", self.eps_low, 1.0)
+        _check_eps("eps_high", self.eps_high)
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns constant bounds (1 - eps_low, 1 + eps_high) shaped like ``old_logprobs``."""
+        return _constant_bounds(old_logprobs, 1 - self.eps_low, 1 + self.eps_high)
+
+
+@register_rule("band")
+@dataclass(frozen=True)
+class Band:
+    """BandPO's Band: the f-divergence trust region D_f <= delta as per-token ratio bounds."""
+
+    divergence: str = "kl"
+    delta: float = 0.05
+    max_ratio: float | None = 10.0
+    name: str = "band"
+
+    def __post_init__(self) -> None:
+        get_divergence(self.divergence)  # fail at construction on an unknown name
+        if isinstance(self.delta, bool) or not isinstance(self.delta, int | float):
+            raise ValueError(f"delta must be a positive finite number, got {self.delta!r}")
+        if not math.isfinite(self.delta) or self.delta <= 0:
+            raise ValueError(f"delta must be a positive finite number, got {self.delta!r}")
+        if self.max_ratio is not None and not self.max_ratio >= 1:
+            raise ValueError(f"max_ratio must be >= 1 or None, got {self.max_ratio!r}")
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``ratio_bounds(old_logprobs, divergence, delta, max_ratio)``."""
+        return ratio_bounds(
+            old_logprobs, divergence=self.divergence, delta=self.delta, max_ratio=self.max_ratio
+        )
+
+
+@register_rule("dcpo")
+@dataclass(frozen=True)
+class DCPO:
+    """DCPO's dynamic adaptive clipping (Yang et al., 2025, arXiv 2509.02333).
+
+    L(p) = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)), U(p) = 1/2 + 1/2 sqrt(1 + 4 eps_high / p),
+    with U capped at ``max_ratio``: rare tokens get wide bounds, likely tokens PPO-like ones.
+    """
+
+    eps_low: float = 0.16
+    eps_high: float = 0.2
+    max_ratio: float | None = 10.0
+    name: str = "dcpo"
+
+    def __post_init__(self) -> None:
+        _check_eps("eps_low", self.eps_low)
+        _check_eps("eps_high", self.eps_high)
+        if self.max_ratio is not None and not self.max_ratio >= 1:
+            raise ValueError(f"max_ratio must be >= 1 or None, got {self.max_ratio!r}")
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (L(p), U(p)) for p = exp(old_logprobs), computed in at least float32."""
+        with torch.no_grad():
+            compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
+            inv_p = torch.exp(-old_logprobs.detach().to(compute))  # 1 / p
+            lower = (1 - 4 * self.eps_low * inv_p).clamp_(min=0).sqrt_().mul_(0.5).add_(0.5)
+            upper = (1 + 4 * self.eps_high * inv_p).sqrt_().mul_(0.5).add_(0.5)
+            if self.max_ratio is not None:
+                upper = upper.clamp_(max=self.max_ratio)
+            upper = upper.clamp_(max=torch.finfo(old_logprobs.dtype).max)
+        return lower.to(old_logprobs.dtype), upper.to(old_logprobs.dtype)
