@@ -157,7 +157,7 @@ def _metrics(
     out["ratio_max"] = torch.where(valid, ratio.float(), -big).max() if valid.any() else _nan(ratio)
     out["ratio_min"] = torch.where(valid, ratio.float(), big).min() if valid.any() else _nan(ratio)
     out["bound_low_mean"] = mean(lower)
-    out["bound_high_mean"] = mean(upper.clamp(max=big))
+    out["bound_high_mean"] = mean(upper.float().clamp(max=big))
     return {k: v.detach().float() for k, v in out.items()}
 
 
