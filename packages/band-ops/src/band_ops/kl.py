@@ -16,28 +16,52 @@ delta / b; their hypotenuse starts the iteration within about 5% of it everywher
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 
 def kl_bounds(p: Tensor, p1: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """Returns (lower, upper) for KL(old || new) <= delta. p, p1 = 1 - p: (N,) float32/64."""
+    finfo = torch.finfo(p.dtype)
     steps = 3 if p.dtype == torch.float64 else 2
+    # Beyond t_cap, exp(-t) is below eps: 1 - exp(-t) rounds to 1 and the Halley correction
+    # vanishes, so the cap changes nothing, and it keeps exp/expm1 off their slow paths for large
+    # arguments (CPU) and away from subnormal results.
+    t_cap = -math.log(finfo.eps) + 4.0
     a = torch.stack((p, p1))  # (2, N): row 0 is the upper side, row 1 the lower side
     b = torch.stack((p1, p))
-    tiny = torch.finfo(p.dtype).tiny
-    t = torch.hypot((a / b).mul_(2 * delta).sqrt_(), delta / b)
+    k = b / a  # z = -k expm1(-t)
+    t = torch.hypot((2 * delta / k).sqrt_(), delta / b)  # start: hypot of the two model roots
+    # Work buffers, reused in place: allocating large tensors costs more than the arithmetic.
+    em1, z, w1, w2 = (torch.empty_like(t) for _ in range(4))
     for _ in range(steps):
-        em1 = torch.expm1(-t)  # (2, N), in (-1, 0]
-        z = (b * em1).div_(a).neg_()
-        one_z = 1 + z
-        h = (b * t).sub_(a * torch.log1p(z)).sub_(delta)  # h(t) - delta
-        d1 = (z / one_z).clamp_(min=tiny)
-        d2 = (b * (1 + em1)).div_(a * one_z.square())
-        newton = h / d1
-        # Halley's correction; the clamp keeps the step from reversing or exploding.
-        denom = (newton * d2).div_(d1).mul_(-0.5).add_(1).clamp_(min=0.5)
-        t = (t - newton.div_(denom)).clamp_(min=0)
-    upper = 1 - p1 * torch.expm1(-t[0]) / p  # 1 + x
-    lower = torch.exp(-t[1])  # not 1 + expm1(-u): that rounds values below eps to 0
+        torch.clamp(t, max=t_cap, out=em1).neg_().expm1_()  # expm1(-t), in (-1, 0]
+        torch.mul(k, em1, out=z).neg_()  # z
+        torch.add(z, 1, out=w1)  # w1 = 1 + z
+        _log1p(z, w1, out=w2).mul_(a)
+        w2.neg_().addcmul_(b, t).sub_(delta)  # w2 = h(t) - delta = b t - a log1p(z) - delta
+        z.div_(w1).clamp_(min=finfo.tiny)  # z = h' = z / (1 + z)
+        em1.add_(1).mul_(k).div_(w1.square_())  # em1 = h'' = k exp(-t) / (1 + z)^2
+        w2.div_(z)  # w2 = Newton step
+        # Halley's correction factor; the clamp keeps a step from reversing or exploding.
+        torch.mul(w2, em1, out=w1).div_(z).mul_(-0.5).add_(1).clamp_(min=0.5)
+        t.sub_(w2.div_(w1)).clamp_(min=0)
+    torch.clamp(t[0], max=t_cap, out=em1[0]).neg_().expm1_()
+    upper = torch.minimum(em1[0].mul_(p1).div_(p).neg_().add_(1), p.reciprocal())  # 1 + x <= 1/p
+    # exp(-u), not 1 + expm1(-u), which would round values below eps to 0. Results below twice
+    # the smallest normal number come out as that number: exp is slow near subnormal results.
+    u_cap = -math.log(2 * finfo.tiny)
+    lower = t[1].clamp_(max=u_cap).neg_().exp_()
     return lower, upper
+
+
+def _log1p(z: Tensor, one_z: Tensor, *, out: Tensor) -> Tensor:
+    """Returns log1p(z) to a few ulps from log(1 + z) (torch's log1p is several times slower).
+
+    log(w) with w = fl(1 + z) is exact for the rounded w; the first-order term ((w - 1) - z) / w
+    removes the rounding of 1 + z, which is all that log1p adds.
+    """
+    torch.sub(one_z, 1, out=out).sub_(z).div_(one_z)  # ((w - 1) - z) / w
+    return out.neg_().add_(torch.log(one_z))
