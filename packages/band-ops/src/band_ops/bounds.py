@@ -51,15 +51,13 @@ def ratio_bounds(
         # 1 - p from log p keeps its precision near p = 1 (where p itself may round to 1).
         p1 = torch.expm1(flat).neg_().clamp_(min=finfo.tiny)
         if spec.solver is not None:
+            # Dedicated solvers guarantee 0 <= lower <= 1 <= upper <= 1/p themselves.
             lower, upper = spec.solver(p, p1, float(delta))
         else:
             # A generic generator cancels badly near u = 1 in float32: solve in float64.
-            lower, upper = newton_bounds(
-                spec.generator, p.double(), p1.double(), float(delta)
-            )
-            lower, upper = lower.to(compute), upper.to(compute)
-        lower = lower.clamp(0.0, 1.0)
-        upper = torch.minimum(upper.clamp(min=1.0), p.reciprocal())
+            lower, upper = newton_bounds(spec.generator, p.double(), p1.double(), float(delta))
+            lower = lower.to(compute).clamp_(0.0, 1.0)
+            upper = torch.minimum(upper.to(compute).clamp_(min=1.0), p.reciprocal())
         if max_ratio is not None:
             upper = upper.clamp(max=max_ratio)
         out_dtype = old_logprobs.dtype
@@ -91,6 +89,8 @@ def _check_logprobs(old_logprobs: Tensor) -> None:
         raise ValueError(f"old_logprobs must be a torch.Tensor, got {type(old_logprobs).__name__}")
     if not old_logprobs.is_floating_point():
         raise ValueError(f"old_logprobs must be a floating-point tensor, got {old_logprobs.dtype}")
+    if bool((old_logprobs <= 0).all()):  # one pass: NaN and positive values both fail <= 0
+        return
     bad = torch.isnan(old_logprobs) | (old_logprobs > 0)
     if bool(bad.any()):
         index = tuple(int(i) for i in bad.nonzero()[0])

@@ -2,7 +2,8 @@
 
 Every function takes ``p`` (old probability of the sampled token), ``p1 = 1 - p`` (computed as
 ``-expm1(log p)`` by the caller) and ``delta``, and returns ``(lower, upper)`` ratios including
-saturation at 0 and ``1/p``. Shapes: all tensors (N,) or any common shape.
+saturation at 0 and ``1/p``, guaranteeing 0 <= lower <= 1 <= upper <= 1/p with ``1/p`` computed as
+``p.reciprocal()``. Shapes: all tensors (N,) or any common shape.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def neyman_chi2_bounds(p: Tensor, p1: Tensor, delta: float) -> tuple[Tensor, Ten
     """
     # big = 2p + delta + sqrt(delta (delta + 4 p (1 - p)))
     big = (p * p1).mul_(4).add_(delta).mul_(delta).sqrt_().add_(p, alpha=2).add_(delta)
-    upper = big / (p * (2 * (1 + delta)))
-    lower = (2 * p) / big
+    upper = torch.minimum(big / (p * (2 * (1 + delta))), p.reciprocal()).clamp_(min=1)
+    lower = torch.div(p, big).mul_(2).clamp_(max=1)
     return lower, upper
 
 
@@ -54,8 +55,10 @@ def hellinger_bounds(p: Tensor, p1: Tensor, delta: float) -> tuple[Tensor, Tenso
     w = 1.0 - d / 2.0
     sc2 = d * (1.0 - d / 4.0)
     sc = math.sqrt(sc2)
-    upper = torch.where(p >= w * w, p.reciprocal(), (p1 / p).sqrt_().mul_(sc).add_(w).square_())
+    inv_p = p.reciprocal()
+    upper = (p1 / p).sqrt_().mul_(sc).add_(w).square_().clamp_(min=1)
+    upper = torch.where(p >= w * w, inv_p, torch.minimum(upper, inv_p))
     sum_ab = p.sqrt().mul_(w).add_(p1.sqrt(), alpha=sc)
     lower = ((p - sc2) / sum_ab).square_().div_(p)
-    lower = torch.where(p <= sc2, torch.zeros_like(lower), lower)
+    lower = torch.where(p <= sc2, torch.zeros_like(lower), lower.clamp_(max=1))
     return lower, upper

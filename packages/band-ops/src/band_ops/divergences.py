@@ -24,6 +24,7 @@ from torch import Tensor
 Generator = Callable[[Tensor], Tensor]
 # (p, 1 - p, delta) -> (lower, upper), all tensors in the compute dtype. ``1 - p`` is passed
 # separately because it is computed as ``-expm1(log p)``, which keeps its precision near p = 1.
+# A solver must return 0 <= lower <= 1 <= upper <= p.reciprocal(), saturated ends exact.
 BoundsSolver = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
 
