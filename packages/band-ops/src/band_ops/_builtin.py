@@ -15,6 +15,7 @@ register_divergence(
 register_divergence(
     "reverse_kl",
     divergences.reverse_kl_generator,
+    derivative=divergences.reverse_kl_derivative,
     description="KL(new || old); generic Newton solver",
 )
 register_divergence(
@@ -44,5 +45,6 @@ register_divergence(
 register_divergence(
     "js",
     divergences.js_generator,
+    derivative=divergences.js_derivative,
     description="Jensen-Shannon (natural log); generic Newton solver",
 )

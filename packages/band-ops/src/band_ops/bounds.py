@@ -55,7 +55,9 @@ def ratio_bounds(
             lower, upper = spec.solver(p, p1, float(delta))
         else:
             # A generic generator cancels badly near u = 1 in float32: solve in float64.
-            lower, upper = newton_bounds(spec.generator, p.double(), p1.double(), float(delta))
+            lower, upper = newton_bounds(
+                spec.generator, p.double(), p1.double(), float(delta), derivative=spec.derivative
+            )
             lower = lower.to(compute).clamp_(0.0, 1.0)
             upper = torch.minimum(upper.to(compute).clamp_(min=1.0), p.reciprocal())
         if max_ratio is not None:

@@ -36,6 +36,7 @@ class Divergence:
     generator: Generator
     solver: BoundsSolver | None = None
     description: str = ""
+    derivative: Generator | None = None
 
 
 _DIVERGENCES: dict[str, Divergence] = {}
@@ -46,6 +47,7 @@ def register_divergence(
     generator: Generator | None = None,
     *,
     solver: BoundsSolver | None = None,
+    derivative: Generator | None = None,
     description: str = "",
     overwrite: bool = False,
 ) -> Callable[[Generator], Generator] | Generator:
@@ -54,8 +56,9 @@ def register_divergence(
     Use as a call, ``register_divergence("mine", f)``, or as a decorator on ``f``. Divergences
     without a ``solver`` are solved by the generic safeguarded Newton solver, which needs ``f``
     to be written with torch operations (it is differentiated with autograd) and to be finite on
-    ``(0, inf)``; ``f(0)`` may be ``inf``. A generator is checked at registration: ``f(1)`` must be
-    0 and ``f`` must be convex on a few sample points.
+    ``(0, inf)``; ``f(0)`` may be ``inf``. Pass ``derivative`` (f') to spare the solver autograd.
+    A generator is checked at registration: ``f(1)`` must be 0 and ``f`` must be convex on a few
+    sample points.
     """
 
     def _register(f: Generator) -> Generator:
@@ -66,7 +69,7 @@ def register_divergence(
                 f"divergence {name!r} is already registered; pass overwrite=True to replace it"
             )
         _check_generator(name, f)
-        _DIVERGENCES[name] = Divergence(name, f, solver, description)
+        _DIVERGENCES[name] = Divergence(name, f, solver, description, derivative)
         return f
 
     if generator is None:
@@ -153,6 +156,16 @@ def neyman_chi2_generator(u: Tensor) -> Tensor:
 def hellinger_generator(u: Tensor) -> Tensor:
     """Squared Hellinger sum (sqrt(new) - sqrt(old))^2: f(u) = (sqrt(u) - 1)^2."""
     return (torch.sqrt(u) - 1) ** 2
+
+
+def reverse_kl_derivative(u: Tensor) -> Tensor:
+    """f'(u) = log u for the reverse-KL generator."""
+    return torch.log(u)
+
+
+def js_derivative(u: Tensor) -> Tensor:
+    """f'(u) = log(2u / (1 + u)) / 2 for the Jensen-Shannon generator."""
+    return torch.log(2 * u / (1 + u)) / 2
 
 
 def js_generator(u: Tensor) -> Tensor:

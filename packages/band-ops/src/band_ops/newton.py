@@ -29,26 +29,43 @@ def generator_curvature(f: Generator) -> float:
     return value if value > 0 and value < float("inf") else 0.0
 
 
-def _g_and_slope(f: Generator, p: Tensor, p1: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-    """Returns g(r) and dg/dr; a NaN from f at a domain edge counts as +inf."""
+def _g_and_slope(
+    f: Generator, df: Generator | None, p: Tensor, p1: Tensor, r: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns g(r), dg/dr (f' from ``df`` or autograd) and the magnitude of g's two terms.
+
+    A NaN from f at a domain edge counts as +inf.
+    """
     s = ((1 - r) * p).div_(p1).add_(1).clamp_(min=0)
-    with torch.enable_grad():
-        rs = torch.stack((r, s)).requires_grad_(True)  # (2, N)
-        fr = f(rs)
-        (df,) = torch.autograd.grad(fr.sum(), rs)
-    fr = fr.detach()
+    rs = torch.stack((r, s))  # (2, N)
+    if df is not None:
+        fr, dfr = f(rs), df(rs)
+    else:
+        with torch.enable_grad():
+            rs.requires_grad_(True)
+            fr = f(rs)
+            (dfr,) = torch.autograd.grad(fr.sum(), rs)
+        fr = fr.detach()
     g = p * fr[0] + p1 * fr[1]
-    slope = p * (df[0] - df[1])
-    return torch.nan_to_num(g, nan=float("inf")), slope
+    scale = p * fr[0].abs() + p1 * fr[1].abs()
+    slope = p * (dfr[0] - dfr[1])
+    return torch.nan_to_num(g, nan=float("inf")), slope, scale
 
 
 def newton_bounds(
-    f: Generator, p: Tensor, p1: Tensor, delta: float, *, rtol: float | None = None
+    f: Generator,
+    p: Tensor,
+    p1: Tensor,
+    delta: float,
+    *,
+    derivative: Generator | None = None,
+    rtol: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Returns (lower, upper) ratio bounds of g_f(p, r) <= delta for a generic generator f.
 
     Args:
         f: convex generator with f(1) = 0, written with torch operations.
+        derivative: f', if known in closed form (else autograd differentiates f).
         p: (N,) old probabilities; p1: (N,) 1 - p; both float32 or float64.
         delta: trust-region radius, > 0.
         rtol: relative tolerance on the root (default: 4 machine epsilons).
@@ -63,32 +80,35 @@ def newton_bounds(
         half_width = (p1 / p).mul_(2 * delta / curvature).sqrt_()
     else:
         half_width = torch.full_like(p, float("inf"))
-    upper = _solve_side(f, p, p1, delta, ones, inv_p, 1 + half_width, rising=True, rtol=rtol)
-    lower = _solve_side(f, p, p1, delta, zeros, ones, 1 - half_width, rising=False, rtol=rtol)
+    sides = {"f": f, "df": derivative, "p": p, "p1": p1, "delta": delta, "rtol": rtol}
+    upper = _solve_side(lo=ones, hi=inv_p, start=1 + half_width, rising=True, **sides)
+    lower = _solve_side(lo=zeros, hi=ones, start=1 - half_width, rising=False, **sides)
     return lower, upper
 
 
 def _solve_side(
+    *,
     f: Generator,
+    df: Generator | None,
     p: Tensor,
     p1: Tensor,
     delta: float,
     lo: Tensor,
     hi: Tensor,
     start: Tensor,
-    *,
     rising: bool,
     rtol: float,
 ) -> Tensor:
     """Returns the root of g = delta in [lo, hi] (g rising or falling there), or the far end."""
+    noise = 32 * torch.finfo(p.dtype).eps
     far = hi if rising else lo
-    g_far, _ = _g_and_slope(f, p, p1, far)
+    g_far, _, _ = _g_and_slope(f, df, p, p1, far)
     saturated = g_far <= delta
     lo, hi = lo.clone(), hi.clone()
     inside = (start > lo) & (start < hi)
     r = torch.where(inside, start, (lo + hi) / 2)
     for _ in range(MAX_ITERATIONS):
-        g, slope = _g_and_slope(f, p, p1, r)
+        g, slope, scale = _g_and_slope(f, df, p, p1, r)
         over = g > delta  # beyond the root: on the far side of it
         if rising:
             hi = torch.where(over, r, hi)
@@ -97,11 +117,18 @@ def _solve_side(
             lo = torch.where(over, r, lo)
             hi = torch.where(over, hi, r)
         step = (g - delta) / slope
+        # Converged once the Newton step is below the tolerance (judged before the bracket
+        # test: at the root the candidate equals an end of the bracket), the residual is at the
+        # rounding level of g's terms, or the bracket is tiny.
+        done = (
+            (step.abs() <= rtol * r)
+            | ((g - delta).abs() <= noise * (scale + delta))
+            | ((hi - lo) <= rtol * hi)
+            | saturated
+        )
         candidate = r - step
-        ok = (candidate > lo) & (candidate < hi) & torch.isfinite(candidate)
-        r_next = torch.where(ok, candidate, (lo + hi) / 2)
-        done = ((r_next - r).abs() <= rtol * r_next.abs()) | ((hi - lo) <= rtol * hi)
-        r = r_next
-        if bool((done | saturated).all()):
+        ok = (candidate >= lo) & (candidate <= hi) & torch.isfinite(candidate)
+        r = torch.where(done, r, torch.where(ok, candidate, (lo + hi) / 2))
+        if bool(done.all()):
             break
     return torch.where(saturated, far, r)
