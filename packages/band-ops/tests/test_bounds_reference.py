@@ -22,13 +22,29 @@ import torch
 
 import band_ops
 
-PROBS = (1e-8, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 1 - 1e-5, 1 - 1e-8)
+PROBS = (
+    1e-8,
+    1e-6,
+    1e-4,
+    1e-3,
+    0.01,
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.7,
+    0.9,
+    0.99,
+    0.999,
+    1 - 1e-5,
+    1 - 1e-8,
+)
 DELTAS = (1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3, 1.0)
 BUILTINS = ("kl", "reverse_kl", "tv", "chi2", "neyman_chi2", "hellinger", "js")
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(name: str, logp: float, delta: float) -> tuple[float, float]:
     lower, upper = mp_reference.bounds(name, logp, delta)
     return float(lower), float(upper)
@@ -42,7 +58,10 @@ def _errors(name: str, dtype: torch.dtype) -> list[str]:
         lower, upper = band_ops.ratio_bounds(logp, divergence=name, delta=delta)
         for i, lp in enumerate(logp.tolist()):
             ref = _reference(name, lp, delta)
-            for side, got, want in (("lower", lower[i].item(), ref[0]), ("upper", upper[i].item(), ref[1])):
+            for side, got, want in (
+                ("lower", lower[i].item(), ref[0]),
+                ("upper", upper[i].item(), ref[1]),
+            ):
                 if want < 2 * finfo.tiny:
                     ok = abs(got - want) <= 4 * finfo.tiny
                 else:

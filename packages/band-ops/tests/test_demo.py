@@ -16,7 +16,9 @@ def test_demo_prints_every_divergence_at_the_default_probabilities(capsys):
 
 
 def test_demo_options_change_the_table(capsys):
-    assert demo.main(["--delta", "0.1", "--max-ratio", "2", "--p", "0.5", "--divergence", "tv"]) == 0
+    assert (
+        demo.main(["--delta", "0.1", "--max-ratio", "2", "--p", "0.5", "--divergence", "tv"]) == 0
+    )
     out = capsys.readouterr().out
     assert "| tv | [0.800, 1.200] |" in out and "max_ratio=2" in out
 

@@ -11,7 +11,13 @@ from band_ops import divergences
 
 def test_builtins_are_registered():
     assert set(band_ops.available_divergences()) >= {
-        "kl", "reverse_kl", "tv", "chi2", "neyman_chi2", "hellinger", "js"
+        "kl",
+        "reverse_kl",
+        "tv",
+        "chi2",
+        "neyman_chi2",
+        "hellinger",
+        "js",
     }
 
 
@@ -63,7 +69,9 @@ def test_bad_generators_are_rejected_at_registration(monkeypatch, f, message):
     assert "bad" not in band_ops.available_divergences()
 
 
-@pytest.mark.parametrize("name", ["kl", "reverse_kl", "tv", "chi2", "neyman_chi2", "hellinger", "js"])
+@pytest.mark.parametrize(
+    "name", ["kl", "reverse_kl", "tv", "chi2", "neyman_chi2", "hellinger", "js"]
+)
 def test_generators_give_the_named_divergence_on_the_binary_pair(name):
     # g_f(p, r) from the generator equals the textbook formula in q = r p.
     p, q = 0.3, 0.45
@@ -73,12 +81,15 @@ def test_generators_give_the_named_divergence_on_the_binary_pair(name):
         "tv": abs(q - p),
         "chi2": (q - p) ** 2 / p + (q - p) ** 2 / (1 - p),
         "neyman_chi2": (q - p) ** 2 / q + (q - p) ** 2 / (1 - q),
-        "hellinger": (math.sqrt(q) - math.sqrt(p)) ** 2 + (math.sqrt(1 - q) - math.sqrt(1 - p)) ** 2,
+        "hellinger": (math.sqrt(q) - math.sqrt(p)) ** 2
+        + (math.sqrt(1 - q) - math.sqrt(1 - p)) ** 2,
     }
     m = ((p + q) / 2, 1 - (p + q) / 2)
     formulas["js"] = 0.5 * (
-        p * math.log(p / m[0]) + (1 - p) * math.log((1 - p) / m[1])
-        + q * math.log(q / m[0]) + (1 - q) * math.log((1 - q) / m[1])
+        p * math.log(p / m[0])
+        + (1 - p) * math.log((1 - p) / m[1])
+        + q * math.log(q / m[0])
+        + (1 - q) * math.log((1 - q) / m[1])
     )
     g = band_ops.binary_divergence(
         name, torch.tensor(p, dtype=torch.float64), torch.tensor(q / p, dtype=torch.float64)

@@ -117,7 +117,9 @@ def test_per_token_advantages_are_accepted():
     assert a.item() == pytest.approx(b.item(), rel=1e-14)
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize(
+    "mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+)
 @pytest.mark.parametrize("split", [[2, 2], [1, 3], [1, 1, 1, 1]])
 def test_micro_batches_with_global_normaliser_sum_to_the_full_batch(mode, split):
     new, old, adv, mask = _batch(spread=1.0)
@@ -129,8 +131,14 @@ def test_micro_batches_with_global_normaliser_sum_to_the_full_batch(mode, split)
     for size in split:
         sl = slice(start, start + size)
         part, _ = band_ops.policy_loss(
-            new[sl], old[sl], adv[sl], mask[sl], rule="band", aggregation=mode,
-            normalizer=norm, horizon=T,
+            new[sl],
+            old[sl],
+            adv[sl],
+            mask[sl],
+            rule="band",
+            aggregation=mode,
+            normalizer=norm,
+            horizon=T,
         )
         total = total + part
         start += size
@@ -143,10 +151,16 @@ def test_aggregations_weigh_tokens_and_sequences_as_documented():
     loss = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     assert band_ops.aggregate(loss, mask, "token-mean").item() == pytest.approx(8 / 5)
-    assert band_ops.aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx((1 + 4) / 2)
+    assert band_ops.aggregate(loss, mask, "seq-mean-token-mean").item() == pytest.approx(
+        (1 + 4) / 2
+    )
     assert band_ops.aggregate(loss, mask, "seq-mean-token-sum").item() == pytest.approx((4 + 4) / 2)
-    assert band_ops.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(8 / (2 * 4))
-    assert band_ops.aggregate(loss, mask, "seq-mean-token-sum-norm", horizon=8).item() == pytest.approx(8 / 16)
+    assert band_ops.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(
+        8 / (2 * 4)
+    )
+    assert band_ops.aggregate(
+        loss, mask, "seq-mean-token-sum-norm", horizon=8
+    ).item() == pytest.approx(8 / 16)
 
 
 def test_empty_sequences_do_not_count():
@@ -164,7 +178,9 @@ def test_metrics_by_hand():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)  # last token is padding
     _, m = band_ops.policy_loss(new, old, adv, mask, rule="ppo")
     r = torch.exp(torch.tensor([1.0, 0.0, -1.0]))
-    assert m["clip_frac"].item() == pytest.approx(2 / 3)  # token 0 (A>0, r>1.2), token 2 (A<0, r<0.8)
+    assert m["clip_frac"].item() == pytest.approx(
+        2 / 3
+    )  # token 0 (A>0, r>1.2), token 2 (A<0, r<0.8)
     assert m["clip_frac_high"].item() == pytest.approx(1 / 3)
     assert m["clip_frac_low"].item() == pytest.approx(1 / 3)
     assert m["clip_frac/p<0.01"].item() == 1.0
@@ -187,7 +203,9 @@ def test_gradcheck_away_from_kinks():
     new = (old + 0.05).requires_grad_(True)  # r ~ 1.05: inside every bound, no kink nearby
 
     def f(x):
-        return band_ops.policy_loss(x, old, adv, mask, rule="band", aggregation="seq-mean-token-mean")[0]
+        return band_ops.policy_loss(
+            x, old, adv, mask, rule="band", aggregation="seq-mean-token-mean"
+        )[0]
 
     assert torch.autograd.gradcheck(f, (new,))
 
@@ -195,7 +213,7 @@ def test_gradcheck_away_from_kinks():
 def test_float32_and_bfloat16_inputs_work():
     for dtype in (torch.float32, torch.bfloat16):
         new, old, adv, mask = _batch(dtype=dtype)
-        loss, metrics = band_ops.policy_loss(new, old, adv, mask, rule="band")
+        loss, _metrics = band_ops.policy_loss(new, old, adv, mask, rule="band")
         loss.backward()
         assert loss.dtype == dtype and torch.isfinite(new.grad.float()).all()
 
@@ -218,7 +236,9 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_bad_shapes_are_named():
     new, old, adv, mask = _batch()
-    with pytest.raises(ValueError, match=r"old_logprobs must have the shape of logprobs \(4, 6\), got \(4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"old_logprobs must have the shape of logprobs \(4, 6\), got \(4, 5\)"
+    ):
         band_ops.policy_loss(new, old[:, :5], adv, mask, rule="ppo")
     with pytest.raises(ValueError, match=r"advantages must be \(B,\) or \(B, T\)"):
         band_ops.policy_loss(new, old, adv[:3], mask, rule="ppo")

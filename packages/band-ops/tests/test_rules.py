@@ -42,7 +42,9 @@ def test_band_rule_is_ratio_bounds():
 def test_dcpo_matches_its_formula():
     eps_low, eps_high, cap = 0.16, 0.2, 10.0
     lower, upper = band_ops.DCPO(eps_low=eps_low, eps_high=eps_high, max_ratio=cap).bounds(OLD)
-    for (lp, lo, hi) in zip(OLD.flatten().tolist(), lower.flatten().tolist(), upper.flatten().tolist(), strict=True):
+    for lp, lo, hi in zip(
+        OLD.flatten().tolist(), lower.flatten().tolist(), upper.flatten().tolist(), strict=True
+    ):
         p = math.exp(lp)
         assert lo == pytest.approx(0.5 + 0.5 * math.sqrt(max(1 - 4 * eps_low / p, 0)), rel=1e-12)
         assert hi == pytest.approx(min(0.5 + 0.5 * math.sqrt(1 + 4 * eps_high / p), cap), rel=1e-12)
@@ -53,7 +55,9 @@ def test_dcpo_matches_its_formula():
 def test_get_rule_passes_parameters_and_rejects_unknowns():
     rule = band_ops.get_rule("band", divergence="chi2", delta=0.1)
     assert rule == band_ops.Band(divergence="chi2", delta=0.1)
-    with pytest.raises(ValueError, match="unknown clipping rule 'bnad'; valid names: band, clip_higher, dcpo, ppo"):
+    with pytest.raises(
+        ValueError, match="unknown clipping rule 'bnad'; valid names: band, clip_higher, dcpo, ppo"
+    ):
         band_ops.get_rule("bnad")
     with pytest.raises(ValueError, match="bad parameters for clipping rule 'ppo'"):
         band_ops.get_rule("ppo", epsilon=0.1)
@@ -79,7 +83,12 @@ def test_rules_are_frozen_dataclasses():
     rule = band_ops.Band()
     with pytest.raises(dataclasses.FrozenInstanceError):
         rule.delta = 1.0  # type: ignore[misc]
-    assert dataclasses.asdict(rule) == {"divergence": "kl", "delta": 0.05, "max_ratio": 10.0, "name": "band"}
+    assert dataclasses.asdict(rule) == {
+        "divergence": "kl",
+        "delta": 0.05,
+        "max_ratio": 10.0,
+        "name": "band",
+    }
 
 
 def test_custom_rule_registration(monkeypatch):

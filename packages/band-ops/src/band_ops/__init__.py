@@ -8,8 +8,10 @@ Main entry points:
   any clipping rule (``ppo``, ``clip_higher``, ``band``, ``dcpo``), aggregation and metrics.
 """
 
-from band_ops import _builtin  # noqa: F401  (registers the built-in divergences)
-from band_ops import rules
+from band_ops import (
+    _builtin,  # noqa: F401  (registers the built-in divergences)
+    rules,
+)
 from band_ops.aggregation import aggregate, available_aggregations, register_aggregation
 from band_ops.bounds import ratio_bounds
 from band_ops.divergences import (

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from band_ops.divergences import get_divergence
+from band_ops.divergences import Divergence, get_divergence
 from band_ops.newton import newton_bounds
 
 
@@ -34,40 +34,59 @@ def ratio_bounds(
 
     Returns:
         (lower, upper), each with the shape, dtype and device of ``old_logprobs``, without
-        gradient; 0 <= lower <= 1 <= upper <= 1/p. Log-probabilities below the compute dtype's
+        gradient; 0 <= lower <= 1 <= upper <= 1/p, with 1/p computed as exp(-old_logprobs).
+        Log-probabilities below the compute dtype's
         smallest normal number are treated as that number. In float16, where 1/p can exceed the
         largest finite value, the upper bound is capped at that value.
     """
     spec = get_divergence(divergence)
     _check_delta(delta)
     _check_max_ratio(max_ratio)
-    _check_logprobs(old_logprobs)
+    _check_is_float_tensor(old_logprobs)
+    compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
+    finfo = torch.finfo(compute)
     with torch.no_grad():
-        compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
-        finfo = torch.finfo(compute)
-        flat = old_logprobs.detach().reshape(-1).to(compute)
-        flat = flat.clamp(min=math.log(finfo.tiny))
-        p = torch.exp(flat)
-        # 1 - p from log p keeps its precision near p = 1 (where p itself may round to 1).
-        p1 = torch.expm1(flat).neg_().clamp_(min=finfo.tiny)
+        logp = old_logprobs.detach().reshape(-1).to(compute)
+        if logp.numel() == 0:
+            empty = old_logprobs.detach().new_empty(old_logprobs.shape)
+            return empty, empty.clone()
+        low, high = torch.aminmax(logp)  # one pass: validation, and whether a clamp is needed
+        if not bool(high <= 0):  # also catches NaN
+            _raise_bad_logprob(old_logprobs)
+        if float(low) < math.log(finfo.tiny):
+            logp = logp.clamp(min=math.log(finfo.tiny))
         if spec.solver is not None:
-            # Dedicated solvers guarantee 0 <= lower <= 1 <= upper <= 1/p themselves.
-            lower, upper = spec.solver(p, p1, float(delta))
+            # Dedicated solvers guarantee 0 <= lower <= 1 <= upper <= exp(-logp) themselves.
+            lower, upper = spec.solver(logp, float(delta))
         else:
-            # A generic generator cancels badly near u = 1 in float32: solve in float64.
-            lower, upper = newton_bounds(
-                spec.generator, p.double(), p1.double(), float(delta), derivative=spec.derivative
-            )
-            lower = lower.to(compute).clamp_(0.0, 1.0)
-            upper = torch.minimum(upper.to(compute).clamp_(min=1.0), p.reciprocal())
+            lower, upper = _generic_bounds(spec, logp, float(delta))
         if max_ratio is not None:
-            upper = upper.clamp(max=max_ratio)
+            upper = upper.clamp_(max=max_ratio)
         out_dtype = old_logprobs.dtype
         if torch.finfo(out_dtype).max < finfo.max:
-            upper = upper.clamp(max=torch.finfo(out_dtype).max)
+            upper = upper.clamp_(max=torch.finfo(out_dtype).max)
         lower = lower.to(out_dtype).reshape(old_logprobs.shape)
         upper = upper.to(out_dtype).reshape(old_logprobs.shape)
     return lower, upper
+
+
+def _generic_bounds(spec: Divergence, logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+    """Returns the band from the generic Newton solver, solved in float64 and ordered.
+
+    A generic generator cancels badly near u = 1 in float32, hence float64 whatever the input.
+    """
+    logp64 = logp.double()
+    p = torch.exp(logp64)
+    p1 = torch.expm1(logp64).neg_().clamp_(min=torch.finfo(torch.float64).tiny)
+    inv_p64 = torch.exp(-logp64)
+    lower, upper = newton_bounds(
+        spec.generator, p, p1, delta, derivative=spec.derivative, inv_p=inv_p64
+    )
+    inv_p = torch.exp(-logp)  # 1/p in the compute dtype: saturated ends must equal it exactly
+    saturated = upper >= inv_p64
+    lower = lower.to(logp.dtype).clamp_(0.0, 1.0)
+    upper = torch.minimum(upper.to(logp.dtype).clamp_(min=1.0), inv_p)
+    return lower, torch.where(saturated, inv_p, upper)
 
 
 def _check_delta(delta: float) -> None:
@@ -86,17 +105,17 @@ def _check_max_ratio(max_ratio: float | None) -> None:
         raise ValueError(f"max_ratio must be >= 1 (or None for no cap), got {max_ratio!r}")
 
 
-def _check_logprobs(old_logprobs: Tensor) -> None:
+def _check_is_float_tensor(old_logprobs: Tensor) -> None:
     if not isinstance(old_logprobs, Tensor):
         raise ValueError(f"old_logprobs must be a torch.Tensor, got {type(old_logprobs).__name__}")
     if not old_logprobs.is_floating_point():
         raise ValueError(f"old_logprobs must be a floating-point tensor, got {old_logprobs.dtype}")
-    if bool((old_logprobs <= 0).all()):  # one pass: NaN and positive values both fail <= 0
-        return
+
+
+def _raise_bad_logprob(old_logprobs: Tensor) -> None:
     bad = torch.isnan(old_logprobs) | (old_logprobs > 0)
-    if bool(bad.any()):
-        index = tuple(int(i) for i in bad.nonzero()[0])
-        value = float(old_logprobs[index]) if index else float(old_logprobs)
-        raise ValueError(
-            f"old_logprobs must be log-probabilities (<= 0, not NaN); found {value} at index {index}"
-        )
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    value = float(old_logprobs[index]) if index else float(old_logprobs)
+    raise ValueError(
+        f"old_logprobs must be log-probabilities (<= 0, not NaN); found {value} at index {index}"
+    )

@@ -30,7 +30,8 @@ def bounds_table(
     for name in names:
         lower, upper = ratio_bounds(logp, divergence=name, delta=delta, max_ratio=max_ratio)
         cells = [
-            f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(lower.tolist(), upper.tolist(), strict=True)
+            f"[{_fmt(lo)}, {_fmt(hi)}]"
+            for lo, hi in zip(lower.tolist(), upper.tolist(), strict=True)
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"| ppo (eps 0.2), for reference | {ppo} |")

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 Generator = Callable[[Tensor], Tensor]
-# (p, 1 - p, delta) -> (lower, upper), all tensors in the compute dtype. ``1 - p`` is passed
-# separately because it is computed as ``-expm1(log p)``, which keeps its precision near p = 1.
-# A solver must return 0 <= lower <= 1 <= upper <= p.reciprocal(), saturated ends exact.
+# (log p, delta) -> (lower, upper): log p is (N,), float32 or float64, clamped to
+# [log(smallest normal), 0]. A solver must return 0 <= lower <= 1 <= upper <= exp(-log p),
+# saturated ends exact.
 BoundsSolver = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
 
@@ -110,7 +110,9 @@ def _check_generator(name: str, f: Generator) -> None:
     try:
         fu = f(u)
     except Exception as exc:  # a user generator may fail in any way; say which one
-        raise ValueError(f"generator of divergence {name!r} failed on a float64 tensor: {exc}")
+        raise ValueError(
+            f"generator of divergence {name!r} failed on a float64 tensor: {exc}"
+        ) from exc
     if not isinstance(fu, Tensor) or fu.shape != u.shape:
         raise ValueError(
             f"generator of divergence {name!r} must map a tensor to a tensor of the same shape"

@@ -22,52 +22,78 @@ import torch
 from torch import Tensor
 
 
-def kl_bounds(p: Tensor, p1: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    """Returns (lower, upper) for KL(old || new) <= delta. p, p1 = 1 - p: (N,) float32/64."""
-    finfo = torch.finfo(p.dtype)
-    # Halley steps, then a final Newton step: from the start's ~5% error the errors go about
-    # 5e-2 -> 7e-4 -> 1e-6 (float32) and 5e-2 -> 7e-4 -> 1e-10 -> 1e-16 (float64).
-    halley = (True, True, False) if p.dtype == torch.float64 else (True, False)
-    # Beyond t_cap, exp(-t) is below eps: 1 - exp(-t) rounds to 1 and the Halley correction
-    # vanishes, so the cap changes nothing, and it keeps exp/expm1 off their slow paths for large
-    # arguments (CPU) and away from subnormal results.
-    t_cap = -math.log(finfo.eps) + 4.0
-    a = torch.stack((p, p1))  # (2, N): row 0 is the upper side, row 1 the lower side
-    b = torch.stack((p1, p))
-    k = b / a  # z = -k expm1(-t)
-    # Start: the hypotenuse of the quadratic-model root sqrt(2 delta a / b) and delta / b,
-    # written as (delta / b) sqrt(1 + 2 a b / delta) so that tiny b cannot overflow a square.
-    t = torch.mul(a, b).mul_(2 / delta).add_(1).sqrt_().mul_(delta).div_(b)
-    # Work buffers, reused in place: allocating large tensors costs more than the arithmetic.
-    em1, z, w1, w2 = (torch.empty_like(t) for _ in range(4))
-    for use_halley in halley:
-        torch.clamp(t, max=t_cap, out=em1).neg_().expm1_()  # expm1(-t), in (-1, 0]
-        torch.mul(k, em1, out=z).neg_()  # z
-        torch.add(z, 1, out=w1)  # w1 = 1 + z
-        _log1p(z, w1, out=w2).mul_(a)
-        w2.neg_().addcmul_(b, t).sub_(delta)  # w2 = h(t) - delta = b t - a log1p(z) - delta
-        z.div_(w1).clamp_(min=finfo.tiny)  # z = h' = z / (1 + z)
-        w2.div_(z)  # w2 = Newton step
-        if use_halley:
-            em1.add_(1).mul_(k).div_(w1.square_())  # em1 = h'' = k exp(-t) / (1 + z)^2
-            # Halley's correction factor; the clamp keeps a step from reversing or exploding.
-            torch.mul(w2, em1, out=w1).div_(z).mul_(-0.5).add_(1).clamp_(min=0.5)
-            w2.div_(w1)
-        t.sub_(w2).clamp_(min=0)
-    torch.clamp(t[0], max=t_cap, out=em1[0]).neg_().expm1_()
-    upper = torch.minimum(em1[0].mul_(p1).div_(p).neg_().add_(1), p.reciprocal())  # 1 + x <= 1/p
-    # exp(-u), not 1 + expm1(-u), which would round values below eps to 0. Results below twice
-    # the smallest normal number come out as that number: exp is slow near subnormal results.
-    u_cap = -math.log(2 * finfo.tiny)
-    lower = t[1].clamp_(max=u_cap).neg_().exp_()
+# Tokens per chunk on CPU: the ~50 elementwise passes of one chunk then run on buffers that stay
+# in cache and are reused, instead of streaming 8 full-size temporaries through memory.
+CPU_CHUNK = 1 << 18
+
+
+def kl_bounds(logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+    """Returns (lower, upper) for KL(old || new) <= delta; logp: (N,) float32 or float64."""
+    n = logp.shape[0]
+    chunk = CPU_CHUNK if logp.device.type == "cpu" else max(n, 1)
+    lower, upper = torch.empty_like(logp), torch.empty_like(logp)
+    work = logp.new_empty(9, 2 * min(chunk, n))  # per-chunk buffers, reused
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        _kl_chunk(logp[start:stop], delta, work, lower[start:stop], upper[start:stop])
     return lower, upper
 
 
-def _log1p(z: Tensor, one_z: Tensor, *, out: Tensor) -> Tensor:
-    """Returns log1p(z) to a few ulps from log(1 + z) (torch's log1p is several times slower).
+def _kl_chunk(logp: Tensor, delta: float, work: Tensor, lower: Tensor, upper: Tensor) -> None:
+    """Writes the band of one chunk of ``logp`` (M,) into ``lower`` and ``upper`` (M,)."""
+    finfo = torch.finfo(logp.dtype)
+    m = logp.shape[0]
+    a, k, t, em1, z, w, log_w, scratch, pp = (row[: 2 * m].view(2, m) for row in work)
+    # (2, M) rows: 0 is the upper side (a = p, k = (1-p)/p), 1 the lower (a = 1-p, k = p/(1-p)).
+    p, p1 = a[0], a[1]
+    torch.exp(logp, out=p)
+    # 1 - p from log p keeps its precision near p = 1 (where p itself may round to 1).
+    torch.expm1(logp, out=p1).neg_().clamp_(min=finfo.tiny)
+    # Halley steps, then a final Newton step: from the start's ~5% error the errors go about
+    # 5e-2 -> 7e-4 -> 1e-6 (float32) and 5e-2 -> 7e-4 -> 1e-10 -> 1e-16 (float64).
+    halley = (True, True, False) if logp.dtype == torch.float64 else (True, False)
+    # Beyond t_cap, exp(-t) is below eps: 1 - exp(-t) rounds to 1 and the Halley correction
+    # vanishes, so the cap changes nothing, and it keeps expm1 off its slow path for large
+    # arguments (CPU) and away from subnormal results.
+    t_cap = -math.log(finfo.eps) + 4.0
+    torch.div(p1, p, out=k[0])
+    torch.div(p, p1, out=k[1])
+    # Start: hypot of the quadratic-model root sqrt(2 delta a / b) and delta / b (b = a k),
+    # written as (delta / b) sqrt(1 + 2 p (1-p) / delta) so that tiny b cannot overflow a square.
+    root = torch.mul(p, p1, out=pp[0]).mul_(2 / delta).add_(1).sqrt_().mul_(delta)
+    torch.div(root, p1, out=t[0])
+    torch.div(root, p, out=t[1])
+    for use_halley in halley:
+        torch.clamp(t, max=t_cap, out=em1).neg_().expm1_()  # expm1(-t), in (-1, 0]
+        torch.mul(k, em1, out=z).neg_().clamp_(min=finfo.tiny)  # z = -k expm1(-t) > 0
+        torch.add(z, 1, out=w)  # w = 1 + z
+        # log1p(z) = log(w) - ((w - 1) - z) / w: log is several times faster than log1p.
+        torch.log(w, out=log_w)
+        minus_h = (
+            _log1p(z, w, log_w, scratch).addcmul_(k, t, value=-1).mul_(a).add_(delta)
+        )  # -(h - delta)
+        # Newton step -(h - delta) / h' with h' = z / w; t <- t + step.
+        step = minus_h.mul_(w).div_(z)
+        if use_halley:
+            # Halley divides the step by 1 - step h'' / (2 h') = 1 + (-(h-delta)) k e^-t / (2 z^2),
+            # using h'' = k e^-t / w^2; the clamp keeps a step from reversing or exploding.
+            factor = em1.add_(1).mul_(k).mul_(step).div_(w).div_(z).mul_(0.5).add_(1)
+            step.div_(factor.clamp_(min=0.5))
+        t.add_(step).clamp_(min=0)
+    # 1 + x, x = -(1-p) expm1(-v) / p, capped at 1/p = exp(-log p).
+    x = torch.clamp(t[0], max=t_cap, out=em1[0]).neg_().expm1_().mul_(p1).div_(p).neg_()
+    torch.minimum(x.add_(1), torch.neg(logp, out=em1[1]).exp_(), out=upper)
+    # exp(-u), not 1 + expm1(-u), which would round values below eps to 0. Results below twice
+    # the smallest normal number come out as that number: exp is slow near subnormal results.
+    u_cap = -math.log(2 * finfo.tiny)
+    torch.clamp(t[1], max=u_cap, out=lower).neg_().exp_()
 
-    log(w) with w = fl(1 + z) is exact for the rounded w; the first-order term ((w - 1) - z) / w
-    removes the rounding of 1 + z, which is all that log1p adds.
+
+def _log1p(z: Tensor, w: Tensor, log_w: Tensor, scratch: Tensor) -> Tensor:
+    """Returns log1p(z) in ``log_w`` (which holds log(w), w = fl(1 + z)), to a few ulps.
+
+    log(w) is exact for the rounded w; subtracting ((w - 1) - z) / w removes the rounding of
+    1 + z, which is all that log1p adds over log.
     """
-    torch.sub(one_z, 1, out=out).sub_(z).div_(one_z)  # ((w - 1) - z) / w
-    return out.neg_().add_(torch.log(one_z))
+    correction = torch.sub(w, 1, out=scratch).sub_(z).div_(w)
+    return log_w.sub_(correction)

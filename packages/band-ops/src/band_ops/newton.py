@@ -59,6 +59,7 @@ def newton_bounds(
     delta: float,
     *,
     derivative: Generator | None = None,
+    inv_p: Tensor | None = None,
     rtol: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Returns (lower, upper) ratio bounds of g_f(p, r) <= delta for a generic generator f.
@@ -66,6 +67,8 @@ def newton_bounds(
     Args:
         f: convex generator with f(1) = 0, written with torch operations.
         derivative: f', if known in closed form (else autograd differentiates f).
+        inv_p: (N,) 1/p as the caller defines it (default ``p.reciprocal()``); the upper end
+            saturates at exactly this value.
         p: (N,) old probabilities; p1: (N,) 1 - p; both float32 or float64.
         delta: trust-region radius, > 0.
         rtol: relative tolerance on the root (default: 4 machine epsilons).
@@ -73,7 +76,7 @@ def newton_bounds(
     eps = torch.finfo(p.dtype).eps
     rtol = 4 * eps if rtol is None else rtol
     curvature = generator_curvature(f)
-    inv_p = p.reciprocal()
+    inv_p = p.reciprocal() if inv_p is None else inv_p
     ones = torch.ones_like(p)
     zeros = torch.zeros_like(p)
     if curvature > 0:
