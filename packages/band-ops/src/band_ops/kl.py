@@ -21,7 +21,6 @@ import math
 import torch
 from torch import Tensor
 
-
 # Tokens per chunk on CPU: the ~50 elementwise passes of one chunk then run on buffers that stay
 # in cache and are reused, instead of streaming 8 full-size temporaries through memory.
 CPU_CHUNK = 1 << 18
