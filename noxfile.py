@@ -15,7 +15,8 @@ Sessions (``uv run nox -l`` lists them):
   there is none).
 
 The default selection (plain ``uv run nox``) is every member's tests on Python 3.11, the
-workspace tests and lint: it needs only Python 3.11 and fits CI's budget on 2 cores.
+workspace tests, lint and every member's typecheck: it needs only Python 3.11 and fits CI's
+budget on 2 cores.
 
 Interpreters are never downloaded: nox looks for ``python3.X`` on ``PATH`` (with pyenv, expose
 them with ``PYENV_VERSION=3.11.7:3.12.1:3.13.0``). With ``CI`` set, a missing interpreter is an
@@ -72,6 +73,7 @@ nox.options.sessions = [
     *(f"tests-{DEFAULT_PYTHON}(package='{name}')" for name in MEMBER_NAMES),
     "workspace",
     "lint",
+    *(f"typecheck(package='{name}')" for name in MEMBER_NAMES),
 ]
 
 

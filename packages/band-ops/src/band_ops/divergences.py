@@ -25,7 +25,7 @@ Generator = Callable[[Tensor], Tensor]
 # (log p, delta) -> (lower, upper): log p is (N,), float32 or float64, clamped to
 # [log(smallest normal), 0]. A solver must return 0 <= lower <= 1 <= upper <= exp(-log p),
 # saturated ends exact.
-BoundsSolver = Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]]
+BoundsSolver = Callable[[Tensor, float], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)

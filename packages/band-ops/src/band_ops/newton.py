@@ -83,9 +83,30 @@ def newton_bounds(
         half_width = (p1 / p).mul_(2 * delta / curvature).sqrt_()
     else:
         half_width = torch.full_like(p, float("inf"))
-    sides = {"f": f, "df": derivative, "p": p, "p1": p1, "delta": delta, "rtol": rtol}
-    upper = _solve_side(lo=ones, hi=inv_p, start=1 + half_width, rising=True, **sides)
-    lower = _solve_side(lo=zeros, hi=ones, start=1 - half_width, rising=False, **sides)
+    upper = _solve_side(
+        f=f,
+        df=derivative,
+        p=p,
+        p1=p1,
+        delta=delta,
+        rtol=rtol,
+        lo=ones,
+        hi=inv_p,
+        start=1 + half_width,
+        rising=True,
+    )
+    lower = _solve_side(
+        f=f,
+        df=derivative,
+        p=p,
+        p1=p1,
+        delta=delta,
+        rtol=rtol,
+        lo=zeros,
+        hi=ones,
+        start=1 - half_width,
+        rising=False,
+    )
     return lower, upper
 
 
