@@ -2,49 +2,40 @@
 
 from __future__ import annotations
 
-from band_ops import closed_forms, divergences
-from band_ops.divergences import register_divergence
+from band_ops import closed_forms
+from band_ops import divergences as d
 from band_ops.kl import kl_bounds
 
-register_divergence(
-    "kl",
-    divergences.kl_generator,
-    solver=kl_bounds,
-    description="KL(old || new), the paper's main variant; Halley iteration",
+# name, generator, dedicated solver, derivative for the generic solver, description
+_BUILTINS = (
+    ("kl", d.kl_generator, kl_bounds, None, "KL(old || new), the paper's main variant; Halley"),
+    (
+        "reverse_kl",
+        d.reverse_kl_generator,
+        None,
+        d.reverse_kl_derivative,
+        "KL(new || old); generic Newton solver",
+    ),
+    ("tv", d.tv_generator, closed_forms.tv_bounds, None, "total variation |q - p|; closed form"),
+    ("chi2", d.chi2_generator, closed_forms.chi2_bounds, None, "Pearson chi2; closed form"),
+    (
+        "neyman_chi2",
+        d.neyman_chi2_generator,
+        closed_forms.neyman_chi2_bounds,
+        None,
+        "Neyman chi2; closed form",
+    ),
+    (
+        "hellinger",
+        d.hellinger_generator,
+        closed_forms.hellinger_bounds,
+        None,
+        "squared Hellinger; closed form",
+    ),
+    ("js", d.js_generator, None, d.js_derivative, "Jensen-Shannon; generic Newton solver"),
 )
-register_divergence(
-    "reverse_kl",
-    divergences.reverse_kl_generator,
-    derivative=divergences.reverse_kl_derivative,
-    description="KL(new || old); generic Newton solver",
-)
-register_divergence(
-    "tv",
-    divergences.tv_generator,
-    solver=closed_forms.tv_bounds,
-    description="total variation |q - p|; closed form r = 1 -+ delta/p",
-)
-register_divergence(
-    "chi2",
-    divergences.chi2_generator,
-    solver=closed_forms.chi2_bounds,
-    description="Pearson chi2; closed form r = 1 -+ sqrt(delta (1-p)/p)",
-)
-register_divergence(
-    "neyman_chi2",
-    divergences.neyman_chi2_generator,
-    solver=closed_forms.neyman_chi2_bounds,
-    description="Neyman chi2; closed form (roots of a quadratic in q)",
-)
-register_divergence(
-    "hellinger",
-    divergences.hellinger_generator,
-    solver=closed_forms.hellinger_bounds,
-    description="squared Hellinger; closed form through p = sin^2 a",
-)
-register_divergence(
-    "js",
-    divergences.js_generator,
-    derivative=divergences.js_derivative,
-    description="Jensen-Shannon (natural log); generic Newton solver",
-)
+
+for _name, _generator, _solver, _derivative, _description in _BUILTINS:
+    d.register_divergence(
+        _name, _generator, solver=_solver, derivative=_derivative, description=_description
+    )

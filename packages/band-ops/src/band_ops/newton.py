@@ -9,6 +9,8 @@ leaves the current bracket is replaced by bisection, so the iteration always con
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -83,30 +85,9 @@ def newton_bounds(
         half_width = (p1 / p).mul_(2 * delta / curvature).sqrt_()
     else:
         half_width = torch.full_like(p, float("inf"))
-    upper = _solve_side(
-        f=f,
-        df=derivative,
-        p=p,
-        p1=p1,
-        delta=delta,
-        rtol=rtol,
-        lo=ones,
-        hi=inv_p,
-        start=1 + half_width,
-        rising=True,
-    )
-    lower = _solve_side(
-        f=f,
-        df=derivative,
-        p=p,
-        p1=p1,
-        delta=delta,
-        rtol=rtol,
-        lo=zeros,
-        hi=ones,
-        start=1 - half_width,
-        rising=False,
-    )
+    solve = functools.partial(_solve_side, f=f, df=derivative, p=p, p1=p1, delta=delta, rtol=rtol)
+    upper = solve(lo=ones, hi=inv_p, start=1 + half_width, rising=True)
+    lower = solve(lo=zeros, hi=ones, start=1 - half_width, rising=False)
     return lower, upper
 
 
