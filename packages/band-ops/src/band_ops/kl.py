@@ -23,7 +23,7 @@ from torch import Tensor
 
 # Tokens per chunk on CPU: the ~50 elementwise passes of one chunk then run on buffers that stay
 # in cache and are reused, instead of streaming 8 full-size temporaries through memory.
-CPU_CHUNK = 1 << 18
+CPU_CHUNK = 1 << 17
 
 
 def kl_bounds(logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
@@ -42,7 +42,7 @@ def _kl_chunk(logp: Tensor, delta: float, work: Tensor, lower: Tensor, upper: Te
     """Writes the band of one chunk of ``logp`` (M,) into ``lower`` and ``upper`` (M,)."""
     finfo = torch.finfo(logp.dtype)
     m = logp.shape[0]
-    a, k, t, em1, z, w, log_w, scratch, pp = (row[: 2 * m].view(2, m) for row in work)
+    a, nk, s, em1, z, w, log_w, scratch, pp = (row[: 2 * m].view(2, m) for row in work)
     # (2, M) rows: 0 is the upper side (a = p, k = (1-p)/p), 1 the lower (a = 1-p, k = p/(1-p)).
     p, p1 = a[0], a[1]
     torch.exp(logp, out=p)
@@ -55,37 +55,38 @@ def _kl_chunk(logp: Tensor, delta: float, work: Tensor, lower: Tensor, upper: Te
     # vanishes, so the cap changes nothing, and it keeps expm1 off its slow path for large
     # arguments (CPU) and away from subnormal results.
     t_cap = -math.log(finfo.eps) + 4.0
-    torch.div(p1, p, out=k[0])
-    torch.div(p, p1, out=k[1])
+    # The iteration runs on s = -t and nk = -k, which saves a negation in every pass.
+    torch.div(p1, p, out=nk[0]).neg_()
+    torch.div(p, p1, out=nk[1]).neg_()
     # Start: hypot of the quadratic-model root sqrt(2 delta a / b) and delta / b (b = a k),
     # written as (delta / b) sqrt(1 + 2 p (1-p) / delta) so that tiny b cannot overflow a square.
-    root = torch.mul(p, p1, out=pp[0]).mul_(2 / delta).add_(1).sqrt_().mul_(delta)
-    torch.div(root, p1, out=t[0])
-    torch.div(root, p, out=t[1])
+    root = torch.mul(p, p1, out=pp[0]).mul_(2 / delta).add_(1).sqrt_().mul_(-delta)
+    torch.div(root, p1, out=s[0])
+    torch.div(root, p, out=s[1])
     for use_halley in halley:
-        torch.clamp(t, max=t_cap, out=em1).neg_().expm1_()  # expm1(-t), in (-1, 0]
-        torch.mul(k, em1, out=z).neg_().clamp_(min=finfo.tiny)  # z = -k expm1(-t) > 0
+        torch.clamp(s, min=-t_cap, out=em1).expm1_()  # expm1(-t), in (-1, 0]
+        torch.mul(nk, em1, out=z).clamp_(min=finfo.tiny)  # z = -k expm1(-t) > 0
         torch.add(z, 1, out=w)  # w = 1 + z
         # log1p(z) = log(w) - ((w - 1) - z) / w: log is several times faster than log1p.
         torch.log(w, out=log_w)
         minus_h = (
-            _log1p(z, w, log_w, scratch).addcmul_(k, t, value=-1).mul_(a).add_(delta)
-        )  # -(h - delta)
+            _log1p(z, w, log_w, scratch).addcmul_(nk, s, value=-1).mul_(a).add_(delta)
+        )  # -(h - delta) = a (log1p(z) - k t) + delta
         # Newton step -(h - delta) / h' with h' = z / w; t <- t + step.
         step = minus_h.mul_(w).div_(z)
         if use_halley:
             # Halley divides the step by 1 - step h'' / (2 h') = 1 + (-(h-delta)) k e^-t / (2 z^2),
             # using h'' = k e^-t / w^2; the clamp keeps a step from reversing or exploding.
-            factor = em1.add_(1).mul_(k).mul_(step).div_(w).div_(z).mul_(0.5).add_(1)
+            factor = em1.add_(1).mul_(nk).mul_(step).div_(w).div_(z).mul_(-0.5).add_(1)
             step.div_(factor.clamp_(min=0.5))
-        t.add_(step).clamp_(min=0)
+        s.sub_(step).clamp_(max=0)
     # 1 + x, x = -(1-p) expm1(-v) / p, capped at 1/p = exp(-log p).
-    x = torch.clamp(t[0], max=t_cap, out=em1[0]).neg_().expm1_().mul_(p1).div_(p).neg_()
+    x = torch.clamp(s[0], min=-t_cap, out=em1[0]).expm1_().mul_(p1).div_(p).neg_()
     torch.minimum(x.add_(1), torch.neg(logp, out=em1[1]).exp_(), out=upper)
     # exp(-u), not 1 + expm1(-u), which would round values below eps to 0. Results below twice
     # the smallest normal number come out as that number: exp is slow near subnormal results.
     u_cap = -math.log(2 * finfo.tiny)
-    torch.clamp(t[1], max=u_cap, out=lower).neg_().exp_()
+    torch.clamp(s[1], min=-u_cap, out=lower).exp_()
 
 
 def _log1p(z: Tensor, w: Tensor, log_w: Tensor, scratch: Tensor) -> Tensor:
