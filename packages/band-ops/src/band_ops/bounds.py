@@ -40,8 +40,8 @@ def ratio_bounds(
         largest finite value, the upper bound is capped at that value.
     """
     spec = get_divergence(divergence)
-    _check_delta(delta)
-    _check_max_ratio(max_ratio)
+    check_delta(delta)
+    check_max_ratio(max_ratio)
     _check_is_float_tensor(old_logprobs)
     compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
     finfo = torch.finfo(compute)
@@ -89,14 +89,16 @@ def _generic_bounds(spec: Divergence, logp: Tensor, delta: float) -> tuple[Tenso
     return lower, torch.where(saturated, inv_p, upper)
 
 
-def _check_delta(delta: float) -> None:
+def check_delta(delta: float) -> None:
+    """Raises ValueError unless ``delta`` is a finite number > 0."""
     if isinstance(delta, bool) or not isinstance(delta, int | float):
         raise ValueError(f"delta must be a positive finite number, got {delta!r}")
     if not math.isfinite(delta) or delta <= 0:
         raise ValueError(f"delta must be a positive finite number, got {delta!r}")
 
 
-def _check_max_ratio(max_ratio: float | None) -> None:
+def check_max_ratio(max_ratio: float | None) -> None:
+    """Raises ValueError unless ``max_ratio`` is None or a number >= 1."""
     if max_ratio is None:
         return
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, int | float):

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import Tensor
 
-from band_ops.bounds import ratio_bounds
+from band_ops.bounds import check_delta, check_max_ratio, ratio_bounds
 from band_ops.divergences import get_divergence
 
 
@@ -137,12 +137,8 @@ class Band:
 
     def __post_init__(self) -> None:
         get_divergence(self.divergence)  # fail at construction on an unknown name
-        if isinstance(self.delta, bool) or not isinstance(self.delta, int | float):
-            raise ValueError(f"delta must be a positive finite number, got {self.delta!r}")
-        if not math.isfinite(self.delta) or self.delta <= 0:
-            raise ValueError(f"delta must be a positive finite number, got {self.delta!r}")
-        if self.max_ratio is not None and not self.max_ratio >= 1:
-            raise ValueError(f"max_ratio must be >= 1 or None, got {self.max_ratio!r}")
+        check_delta(self.delta)
+        check_max_ratio(self.max_ratio)
 
     def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``ratio_bounds(old_logprobs, divergence, delta, max_ratio)``."""
@@ -168,8 +164,7 @@ class DCPO:
     def __post_init__(self) -> None:
         _check_eps("eps_low", self.eps_low)
         _check_eps("eps_high", self.eps_high)
-        if self.max_ratio is not None and not self.max_ratio >= 1:
-            raise ValueError(f"max_ratio must be >= 1 or None, got {self.max_ratio!r}")
+        check_max_ratio(self.max_ratio)
 
     def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (L(p), U(p)) for p = exp(old_logprobs), computed in at least float32."""
