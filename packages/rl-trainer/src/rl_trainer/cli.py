@@ -1,0 +1,70 @@
+"""``rl-trainer`` command line: ``train``, ``evaluate`` and ``config`` on a YAML + overrides.
+
+rl-trainer train --config run.yaml optim.lr=1e-6 algorithm.rule=band
+accelerate launch --config_file configs/accelerate/ddp.yaml -m rl_trainer train -c run.yaml
+rl-trainer config -c run.yaml rollout.group_size=16      # print the resolved config
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from rl_trainer import config_io
+from rl_trainer.config import TrainerConfig, load_config
+
+USAGE = """usage: rl-trainer {train,evaluate,config} [--config FILE] [key=value ...]
+
+  train      run RL training (use `accelerate launch -m rl_trainer train ...` for several processes)
+  evaluate   greedy accuracy, mean@k and pass@k of model.path on data.eval_path
+  config     print the resolved configuration (defaults <- FILE <- overrides) and exit
+"""
+
+
+def _load(argv: Sequence[str]) -> TrainerConfig:
+    path, overrides = config_io.split_cli_args(argv)
+    return load_config(path, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rl-trainer`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in ("train", "evaluate", "config"):
+        print(f"rl-trainer: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = _load(rest)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rl-trainer: {err}", file=sys.stderr)
+        return 2
+    if command == "config":
+        print(yaml.safe_dump(config_io.to_dict(config), sort_keys=False), end="")
+        return 0
+
+    from rl_trainer.trainer import GRPOTrainer
+
+    try:
+        if command == "evaluate":
+            if not config.data.eval_path:
+                raise ValueError("evaluate needs data.eval_path")
+            config.data.path = config.data.path or config.data.eval_path
+            trainer = GRPOTrainer(config)
+            metrics = trainer.evaluate()
+        else:
+            trainer = GRPOTrainer(config)
+            metrics = trainer.train()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rl-trainer: {err}", file=sys.stderr)
+        return 2
+    if trainer.accelerator.is_main_process:
+        print(json.dumps({k: v for k, v in metrics.items()}, indent=2, default=str))
+    return 0

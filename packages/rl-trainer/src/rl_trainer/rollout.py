@@ -1,0 +1,240 @@
+"""Rollout backends: sample G completions per prompt. ``hf`` (transformers ``generate``) is built
+in; others (vLLM, an inference server) plug in through ``register_rollout_backend``.
+
+A backend receives token ids and returns token ids plus, for each completion, the position of
+the prompt it answers: the trainer forms groups from that prompt identity, never from where a
+completion happens to sit in the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: temperature 0 means greedy decoding."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class RolloutOutput:
+    """Completions for a list of prompts.
+
+    prompt_index[i]: position (in the prompt list given to ``generate``) of the prompt that
+        completion i answers.
+    completion_ids[i]: the sampled tokens, ending with EOS when the model stopped, without padding.
+    """
+
+    prompt_index: list[int]
+    completion_ids: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if len(self.prompt_index) != len(self.completion_ids):
+            raise ValueError(
+                f"prompt_index ({len(self.prompt_index)}) and completion_ids "
+                f"({len(self.completion_ids)}) must have the same length"
+            )
+
+
+class RolloutBackend(Protocol):
+    """What the trainer needs from a sampler.
+
+    ``generate`` returns ``num_samples`` completions for each prompt; ``sync_weights`` is called
+    after every optimiser update so that a backend holding its own copy of the weights (vLLM)
+    can refresh it (the ``hf`` backend samples from the training model itself: a no-op).
+    """
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], num_samples: int, params: SamplingParams
+    ) -> RolloutOutput: ...
+
+    def sync_weights(self) -> None: ...
+
+
+BackendFactory = Callable[..., RolloutBackend]
+_BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_rollout_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Decorator: registers a factory ``(model, tokenizer, accelerator, **options) -> backend``."""
+
+    def _register(factory: BackendFactory) -> BackendFactory:
+        _BACKENDS[name] = factory
+        return factory
+
+    return _register
+
+
+def available_rollout_backends() -> list[str]:
+    """Returns the registered rollout backend names, sorted."""
+    return sorted(_BACKENDS)
+
+
+def create_rollout_backend(
+    name: str,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    **options: Any,
+) -> RolloutBackend:
+    """Returns the backend registered as ``name`` built for this model and tokenizer."""
+    try:
+        factory = _BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown rollout backend {name!r}; valid names: "
+            f"{', '.join(available_rollout_backends())}"
+        ) from None
+    return factory(model, tokenizer, accelerator, **options)
+
+
+@contextlib.contextmanager
+def generation_model(accelerator: Accelerator, model: nn.Module) -> Iterator[nn.Module]:
+    """Yields a module whose ``generate`` can run, whatever wrapper training put around it.
+
+    DDP and DeepSpeed: the unwrapped module (ZeRO-3 gathers each layer's weights in its
+    forward hooks). FSDP1: full parameters summoned for the duration (no write-back). FSDP2
+    (``fully_shard``) shards through per-module hooks, so the module itself works.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if isinstance(model, FSDP):
+        with FSDP.summon_full_params(model, writeback=False, recurse=True):
+            yield accelerator.unwrap_model(model)
+    else:
+        yield accelerator.unwrap_model(model)
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (ids, attention_mask), both (N, L): sequences right-aligned, padded on the left."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            ids[i, length - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[i, length - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def strip_completion(row: Sequence[int], eos_ids: set[int], pad_id: int) -> list[int]:
+    """Returns the tokens of one generated row up to and including its first EOS.
+
+    Without an EOS the row was truncated at max_new_tokens; trailing pads are removed only when
+    the pad id is not also an EOS id (then the EOS rule already ended the row).
+    """
+    out: list[int] = []
+    for token in row:
+        out.append(int(token))
+        if token in eos_ids:
+            return out
+    if pad_id not in eos_ids:
+        while out and out[-1] == pad_id:
+            out.pop()
+    return out
+
+
+class HFRolloutBackend:
+    """Samples with ``model.generate`` on the training model: KV cache on, whole groups batched.
+
+    Each prompt is repeated ``num_samples`` times in one batch (the prompt is encoded once per
+    copy, but all G samples share one generate call), in chunks of ``generation_batch_size``
+    sequences when set.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        accelerator: Accelerator,
+        *,
+        generation_batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.accelerator = accelerator
+        self.generation_batch_size = generation_batch_size
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token: set one (e.g. pad_token = eos_token)")
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has no EOS token: generation could never stop")
+        self.eos_ids = {int(eos)}
+        gen_eos = getattr(
+            getattr(accelerator.unwrap_model(model), "generation_config", None),
+            "eos_token_id",
+            None,
+        )
+        if isinstance(gen_eos, int):
+            self.eos_ids.add(gen_eos)
+        elif isinstance(gen_eos, list):
+            self.eos_ids.update(int(e) for e in gen_eos)
+
+    def sync_weights(self) -> None:
+        """Nothing to do: this backend samples from the weights being trained."""
+
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], num_samples: int, params: SamplingParams
+    ) -> RolloutOutput:
+        """Returns ``num_samples`` completions per prompt, prompt-major."""
+        index = [p for p in range(len(prompt_ids)) for _ in range(num_samples)]
+        rows = [prompt_ids[p] for p in index]
+        chunk = self.generation_batch_size or len(rows)
+        completions: list[list[int]] = []
+        pad_id = int(self.tokenizer.pad_token_id)
+        # A config built from scratch: model-shipped defaults (repetition penalty, top-k 50, ...)
+        # would make the sampling distribution differ from the one the loss assumes.
+        sampling: dict[str, Any] = {"do_sample": False}
+        if params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            if params.top_k:
+                sampling["top_k"] = params.top_k
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            repetition_penalty=1.0,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(self.eos_ids),
+            use_cache=True,
+            **sampling,
+        )
+        with generation_model(self.accelerator, self.model) as model:
+            was_training = model.training
+            model.eval()
+            try:
+                for start in range(0, len(rows), chunk):
+                    ids, mask = left_pad(
+                        rows[start : start + chunk], pad_id, self.accelerator.device
+                    )
+                    out = model.generate(  # type: ignore[operator]
+                        input_ids=ids,
+                        attention_mask=mask,
+                        generation_config=config,
+                    )
+                    new = out[:, ids.shape[1] :].tolist()
+                    completions.extend(strip_completion(r, self.eos_ids, pad_id) for r in new)
+            finally:
+                model.train(was_training)
+        return RolloutOutput(prompt_index=index, completion_ids=completions)
+
+
+@register_rollout_backend("hf")
+def _hf_backend(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, **options: Any
+) -> RolloutBackend:
+    return HFRolloutBackend(model, tokenizer, accelerator, **options)
