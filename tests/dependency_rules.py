@@ -71,9 +71,24 @@ class Rule:
 RULES: dict[str, Rule] = {
     "band-ops": Rule(runtime=frozenset({"torch"})),
     "rl-trainer": Rule(
+        # pyyaml (config files), tqdm (progress bar) and tokenizers (local character tokenizers)
+        # are already required by transformers;
+        # declaring them keeps the imports honest without adding an install.
         runtime=frozenset(
-            {"band-ops", "torch", "transformers", "accelerate", "peft", "safetensors", "datasets"}
-        )
+            {
+                "band-ops",
+                "torch",
+                "transformers",
+                "accelerate",
+                "peft",
+                "safetensors",
+                "datasets",
+                "pyyaml",
+                "tqdm",
+                "tokenizers",
+            }
+        ),
+        extras={"math": frozenset({"math-verify"})},
     ),
     "capsnet-model": Rule(runtime=frozenset({"torch", "numpy", "albumentations", *OPENCV})),
     "fer-export": Rule(

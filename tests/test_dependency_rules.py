@@ -6,6 +6,8 @@ The table lives in ``RULES`` (tests/dependency_rules.py) and must match DESIGN.m
 =====================  =====================================================================
 band-ops               torch
 rl-trainer             band-ops, torch, transformers, accelerate, peft, safetensors, datasets
+                       (+ pyyaml, tqdm, tokenizers: already brought by transformers)
+rl-trainer[math]       + math-verify (imported lazily)
 capsnet-model          torch, numpy, albumentations, opencv
 fer-export (runtime)   onnxruntime / onnxruntime-gpu, onnx, numpy, opencv
 fer-export[export]     + torch, onnxscript, capsnet-model

@@ -42,6 +42,14 @@ def digit_share(
     return [(c.count(a) / len(c)) if c else 0.0 for c, a in zip(completions, answer, strict=True)]
 
 
+def digits_reward(prompts: list[str], completions: list[str], **_) -> list[float]:
+    """Reward of the learning tests: the share of completion characters that are digits."""
+    return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
+
+
+DIGITS_REWARD = [("digits", digits_reward, 1.0)]
+
+
 def tiny_config(model_dir: Path, data: Path, output_dir: Path, **overrides: object):
     """Returns a TrainerConfig for fast CPU tests (overrides are dotted keys)."""
     from rl_trainer.config import load_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,12 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Features, Value, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _builder_options(builder: str, file: Path) -> dict[str, Any]:
+    """Returns extra ``load_dataset`` options for ``file``: a CSV is read as text (pandas would
+    make the answer "007" 7 and "1.50" 1.5), only empty cells being missing (not "NA", "null")."""
+    if builder != "csv":
+        return {}
+    with file.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return {
+        "features": Features({name: Value("string") for name in header}),
+        "keep_default_na": False,
+        "na_values": [""],
+    }
 
 
 def load_prompt_dataset(path: str | Path, prompt_column: str, answer_column: str) -> Dataset:
@@ -29,9 +44,19 @@ def load_prompt_dataset(path: str | Path, prompt_column: str, answer_column: str
     if local.suffix.lower() in _FILE_BUILDERS:
         if not local.is_file():
             raise FileNotFoundError(f"prompt dataset not found: {local}")
-        dataset = load_dataset(
-            _FILE_BUILDERS[local.suffix.lower()], data_files=str(local), split="train"
-        )
+        if local.stat().st_size == 0:
+            raise ValueError(f"{where}: the dataset is empty")
+        builder = _FILE_BUILDERS[local.suffix.lower()]
+        try:
+            dataset = load_dataset(
+                builder, data_files=str(local), split="train", **_builder_options(builder, local)
+            )
+        except StopIteration:  # raised by the json builder on a file of blank lines
+            raise ValueError(f"{where}: the dataset is empty") from None
+        except ValueError as err:  # "[]" or a CSV header only: 'Instruction "train" ... no data'
+            if "no data" not in str(err):
+                raise
+            raise ValueError(f"{where}: the dataset is empty") from None
     elif local.is_dir() and (local / "dataset_info.json").is_file():
         dataset = Dataset.load_from_disk(str(local))
     elif local.exists():
@@ -126,7 +151,7 @@ def tokenize_prompts(
     rows: list[int] = []
     skipped = 0
     for row, cell in enumerate(dataset[prompt_column]):
-        if cell is None or (isinstance(cell, str) and not cell.strip()):
+        if cell is None or (isinstance(cell, str) and not cell.strip()) or cell == []:
             raise ValueError(f"{where}: row {row} has an empty {prompt_column!r}")
         try:
             text = format_prompt(

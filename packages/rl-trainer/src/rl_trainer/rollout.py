@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from torch import nn
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,27 @@ def generation_model(accelerator: Accelerator, model: nn.Module) -> Iterator[nn.
         yield accelerator.unwrap_model(model)
 
 
+@contextlib.contextmanager
+def _bare_generation_config(model: nn.Module) -> Iterator[None]:
+    """Within the block every generating module in ``model`` (the causal LM itself, also inside a
+    PEFT wrapper) has a default ``GenerationConfig``, so none of the checkpoint's
+    ``generation_config.json`` options (top_k, min_p, no_repeat_ngram_size, ...) reach sampling."""
+    owners = [
+        m
+        for m in model.modules()
+        if isinstance(m, GenerationMixin)
+        and isinstance(getattr(m, "generation_config", None), GenerationConfig)
+    ]
+    shipped = [m.generation_config for m in owners]
+    try:
+        for m in owners:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in zip(owners, shipped, strict=True):
+            m.generation_config = config
+
+
 def left_pad(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,12 +220,18 @@ class HFRolloutBackend:
         completions: list[list[int]] = []
         pad_id = int(self.tokenizer.pad_token_id)
         # A config built from scratch: model-shipped defaults (repetition penalty, top-k 50, ...)
-        # would make the sampling distribution differ from the one the loss assumes.
+        # would make the sampling distribution differ from the one the loss assumes. generate()
+        # fills every option left unset here from model.generation_config, then from
+        # transformers' defaults (top_k=50): top_k is always given (0 = off) and the model's
+        # config is hidden during the call (``_bare_generation_config``).
         sampling: dict[str, Any] = {"do_sample": False}
         if params.temperature > 0:
-            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-            if params.top_k:
-                sampling["top_k"] = params.top_k
+            sampling = {
+                "do_sample": True,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "top_k": params.top_k,
+            }
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             repetition_penalty=1.0,
@@ -213,7 +240,10 @@ class HFRolloutBackend:
             use_cache=True,
             **sampling,
         )
-        with generation_model(self.accelerator, self.model) as model:
+        with (
+            generation_model(self.accelerator, self.model) as model,
+            _bare_generation_config(model),
+        ):
             was_training = model.training
             model.eval()
             try:

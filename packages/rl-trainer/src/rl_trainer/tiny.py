@@ -56,8 +56,9 @@ def build_char_tokenizer(
         raise ValueError(f"characters must be single, non-special characters; got {clash!r}")
     vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *chars])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Every character is its own pre-token, so the word-level model sees single characters.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # Every character is its own pre-token, so the word-level model sees single characters
+    # ("." would not match a newline: a run of newlines would become one <unk>).
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(

@@ -121,6 +121,21 @@ def _schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def check_batch_geometry(config: TrainerConfig, world: int) -> None:
+    """Raises ValueError when the rollout batch cannot be split over ``world`` processes."""
+    if config.rollout.prompts_per_step % world:
+        raise ValueError(
+            f"rollout.prompts_per_step={config.rollout.prompts_per_step} must be divisible by "
+            f"the number of processes ({world})"
+        )
+    samples = config.rollout.prompts_per_step // world * config.rollout.group_size
+    if samples < config.algorithm.mini_batches:
+        raise ValueError(
+            f"each process has {samples} samples per step (prompts_per_step / processes * "
+            f"group_size), fewer than algorithm.mini_batches={config.algorithm.mini_batches}"
+        )
+
+
 class GRPOTrainer:
     """GRPO-family RL (GRPO, Dr. GRPO, RLOO advantages; PPO, Clip-Higher, DCPO, Band clipping).
 
@@ -129,7 +144,8 @@ class GRPOTrainer:
         model, tokenizer: an already loaded policy and tokenizer (else ``config.model.path``).
         train_dataset, eval_dataset: ``datasets.Dataset`` objects (else ``config.data.path`` /
             ``config.data.eval_path``); they need the prompt and answer columns.
-        reward_functions: extra ``(name, fn, weight)`` rewards added to ``algorithm.rewards``.
+        reward_functions: ``(name, fn, weight)`` rewards used instead of ``algorithm.rewards``
+            (Python callables that a YAML file cannot name).
         accelerator: an existing Accelerator (else one is made; on a machine without CUDA it
             is a CPU one, so ``accelerate launch --multi_gpu --num_processes 2`` gives 2 CPU
             processes over gloo).
@@ -153,7 +169,7 @@ class GRPOTrainer:
         if train_dataset is None and not cfg.data.path:
             raise ValueError("data.path is required: a jsonl/json/parquet file of prompts")
         world = PartialState(cpu=not torch.cuda.is_available()).num_processes
-        self._check_batch_geometry(world)
+        check_batch_geometry(cfg, world)
         self.samples_per_process = cfg.rollout.prompts_per_step // world * cfg.rollout.group_size
         mini = math.ceil(self.samples_per_process / cfg.algorithm.mini_batches)
         self.accumulation_steps = math.ceil(mini / cfg.optim.micro_batch_size)
@@ -179,10 +195,10 @@ class GRPOTrainer:
                 f"{', '.join(band_ops.available_aggregations())}"
             )
         get_advantage(cfg.algorithm.advantage)
-        self.reward_specs: list[Any] = list(cfg.algorithm.rewards)
-        for spec in cfg.algorithm.rewards:
-            get_reward(spec.name, **spec.params)
-        self.reward_specs.extend(reward_functions)
+        self.reward_specs: list[Any] = list(reward_functions) or list(cfg.algorithm.rewards)
+        for spec in self.reward_specs:
+            if isinstance(spec, RewardSpec):
+                get_reward(spec.name, **spec.params)
 
         self.tokenizer = tokenizer or load_tokenizer(cfg.model)
         self.tokenizer.padding_side = "left"
@@ -244,20 +260,6 @@ class GRPOTrainer:
             self.load(resume_from)
 
     # ------------------------------------------------------------------ setup checks
-
-    def _check_batch_geometry(self, world: int) -> None:
-        cfg = self.config
-        if cfg.rollout.prompts_per_step % world:
-            raise ValueError(
-                f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by "
-                f"the number of processes ({world})"
-            )
-        samples = cfg.rollout.prompts_per_step // world * cfg.rollout.group_size
-        if samples < cfg.algorithm.mini_batches:
-            raise ValueError(
-                f"each process has {samples} samples per step (prompts_per_step / processes * "
-                f"group_size), fewer than algorithm.mini_batches={cfg.algorithm.mini_batches}"
-            )
 
     def _configure_deepspeed(self) -> None:
         acc = self.accelerator
@@ -423,28 +425,46 @@ class GRPOTrainer:
             return None, metrics, examples
 
         if kept:
-            batch = self._build_batch(
+            batch = self.prepare_batch(
                 [prompt_ids[index[i]] for i in kept],
                 [out.completion_ids[i] for i in kept],
                 advantages[mine][kept],
             )
         else:
             # Collectives need every process in every micro-batch: one sample, masked out.
-            batch = self._build_batch(
-                [prompt_ids[index[0]]], [out.completion_ids[0]], torch.zeros(1)
+            batch = self.prepare_batch(
+                [prompt_ids[index[0]]], [out.completion_ids[0]], torch.zeros(1), masked=True
             )
+        return batch, metrics, examples
+
+    def prepare_batch(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        advantages: Tensor,
+        *,
+        masked: bool = False,
+    ) -> RolloutBatch:
+        """Returns a RolloutBatch with old (and reference) log-probs and the rule's bounds.
+
+        Both are computed here once, without gradient, from the current weights, which are the
+        weights that sampled the completions; every mini-batch update then reuses them.
+        ``masked`` zeroes the completion mask (a placeholder that contributes nothing).
+        """
+        batch = self._build_batch(prompt_ids, completion_ids, advantages)
+        if masked:
             batch.completion_mask.zero_()
         batch.old_logprobs = self._score(self.model, batch)
-        if cfg.algorithm.kl_coef > 0:
+        if self.config.algorithm.kl_coef > 0:
             if self.reference is not None:
                 batch.ref_logprobs = self._score(self.reference, batch)
             else:
-                with adapters_disabled(acc.unwrap_model(self.model)):
+                with adapters_disabled(self.accelerator.unwrap_model(self.model)):
                     batch.ref_logprobs = self._score(self.model, batch)
-        # Clipping bounds once per rollout batch, from the sampling policy's log-probs.
+        # Padded positions get log-prob 0 (p = 1): a valid input for every rule, never used.
         safe_old = batch.old_logprobs.masked_fill(batch.completion_mask == 0, 0.0)
         batch.lower, batch.upper = (b.detach() for b in self.rule.bounds(safe_old))
-        return batch, metrics, examples
+        return batch
 
     def _rollout_metrics(
         self, rewards: Any, all_rewards: Tensor, all_rows: Tensor, all_valid: Tensor, out: Any
