@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import DIGITS_REWARD, tiny_config  # noqa: E402
+from conftest import DIGITS_REWARD, tiny_config
 
-from rl_trainer.trainer import GRPOTrainer  # noqa: E402
+from rl_trainer.trainer import GRPOTrainer
 
 
 def flat(tensors) -> torch.Tensor:
@@ -41,7 +41,7 @@ def main() -> None:
         return real_step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step
-    batch, metrics, _ = trainer.rollout()
+    batch, _, _ = trainer.rollout()
     assert batch is not None
     prompt_len = batch.input_ids.shape[1] - batch.completion_ids.shape[1]
     samples = [

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DIGITS_REWARD, tiny_config
+
+from rl_trainer.configs import accelerate_config
 from rl_trainer.trainer import GRPOTrainer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -25,7 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], *, timeout: int = 300) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str], *, timeout: int = 300, config_file: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``accelerate launch`` with 2 CPU processes: from flags, or from ``config_file``."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate, "the accelerate CLI is not installed next to this Python"
     env = {
@@ -114,7 +119,9 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, digit_data, aggre
 
 
 @pytest.mark.slow
-def test_cli_training_runs_under_accelerate_launch(tmp_path, tiny_model_dir, digit_data) -> None:
+def test_cli_training_runs_under_the_shipped_cpu_config(
+    tmp_path, tiny_model_dir, digit_data
+) -> None:
     out = tmp_path / "run"
     args = [
         "-m",
@@ -135,7 +142,7 @@ def test_cli_training_runs_under_accelerate_launch(tmp_path, tiny_model_dir, dig
         "eval.max_prompts=4",
         'algorithm.rewards=[{name: format, params: {pattern: ".*[0-9].*"}}]',
     ]
-    proc = launch(args)
+    proc = launch(args, config_file=accelerate_config("cpu_2proc"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 2]  # two steps, then the final evaluation

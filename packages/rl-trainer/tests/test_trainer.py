@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import band_ops
 import pytest
 import torch
 from conftest import DIGITS_REWARD, digits_reward, tiny_config, write_jsonl
+
+import band_ops
 from rl_trainer.advantages import available_advantages
 from rl_trainer.config import TrainerConfig
 from rl_trainer.rewards import available_rewards

@@ -86,6 +86,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process's files are in tmp before it is renamed
     if save_adapter:
         unwrapped = accelerator.unwrap_model(model)
         state = accelerator.get_state_dict(model)
@@ -93,6 +94,7 @@ def save_checkpoint(
             unwrapped.save_pretrained(
                 str(tmp / "adapter"), state_dict=state, safe_serialization=True
             )
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
         if final.exists():

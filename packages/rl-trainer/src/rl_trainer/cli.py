@@ -18,10 +18,13 @@ from rl_trainer import config_io
 from rl_trainer.config import TrainerConfig, load_config
 
 USAGE = """usage: rl-trainer {train,evaluate,config} [--config FILE] [key=value ...]
+       rl-trainer accelerate-configs
 
   train      run RL training (use `accelerate launch -m rl_trainer train ...` for several processes)
   evaluate   greedy accuracy, mean@k and pass@k of model.path on data.eval_path
   config     print the resolved configuration (defaults <- FILE <- overrides) and exit
+  accelerate-configs
+             list the shipped accelerate configs (1 GPU, DDP, FSDP, DeepSpeed ZeRO-2/3, 2 CPUs)
 """
 
 
@@ -37,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command == "accelerate-configs":
+        from rl_trainer.configs import accelerate_configs
+
+        for name, path in accelerate_configs().items():
+            print(f"{name:18s} {path}")
+        return 0
     if command not in ("train", "evaluate", "config"):
         print(f"rl-trainer: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

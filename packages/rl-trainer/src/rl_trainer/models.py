@@ -78,6 +78,8 @@ def load_reference(config: ModelConfig, device: torch.device) -> nn.Module:
         "dtype": resolve_dtype(config.dtype, device),
         "trust_remote_code": config.trust_remote_code,
     }
+    if config.attn_implementation:  # as the policy, so both compute the same function
+        kwargs["attn_implementation"] = config.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
     model.requires_grad_(False)
     model.eval()

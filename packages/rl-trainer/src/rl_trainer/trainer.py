@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -185,6 +186,14 @@ class GRPOTrainer:
                 f"gradient_accumulation_steps={self.accumulation_steps} or pass none"
             )
         self._configure_deepspeed()
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and (
+            acc.distributed_type != DistributedType.FSDP
+        ):
+            logger.warning(
+                "the accelerate config asks for FSDP, but accelerate runs %s here (FSDP needs "
+                "CUDA devices; on CPU it falls back to plain data parallelism)",
+                acc.distributed_type,
+            )
         set_seed(cfg.optim.seed, device_specific=True)
 
         # Names and parameters are checked before anything heavy is loaded.
