@@ -20,9 +20,10 @@ completions each (one pass, two mini-batches). Both trainers get, in one process
   then runs to max_new_tokens and, since specials are never sampled, decodes to 16 characters:
   the reward function records those lengths on both sides, and each trainer's own
   completion-length metric is printed next to them, so the equality of work is shown, not assumed;
-* the same 64 prompts ("say 17", answer "17"), rendered once with the tokenizer's chat template
-  and given to both as plain text (ours: ``data.chat_template=false``; TRL: standard, not
-  conversational, prompts), which encode to the same ids (checked);
+* the same 64 prompts ("say 17", answer "17") through the tokenizer's chat template: ours renders
+  them itself (``data.chat_template=true``, its default path, tokenised once at start); TRL gets
+  them pre-rendered as standard (text, not conversational) prompts, so both hand plain strings to
+  the reward; the prompt ids of both are checked to be identical;
 * the same reward, a plain Python callable (share of completion characters found in the answer);
 * float32 on CPU, the same ``torch.set_num_threads``, beta = 0 (no reference model), PPO clipping
   0.2 / 0.2, token-mean loss over each mini-batch, GRPO (group-std) advantages, AdamW (torch's,
@@ -116,19 +117,26 @@ def build_model(directory: Path, seed: int) -> Path:
     return save_tiny_model(directory, model=model, tokenizer=tokenizer)
 
 
-def build_prompts(model_dir: Path) -> Any:
-    """Returns the prompt dataset: chat-rendered text prompts and their answers."""
+def build_prompts(model_dir: Path) -> tuple[Any, Any]:
+    """Returns the prompt datasets (ours, TRL's): the same 64 prompts and answers.
+
+    Ours gets "say 17" and applies the tokenizer's chat template itself (its default path); TRL
+    gets the same prompt already rendered with that template, as standard (text) prompts, so that
+    both pass plain strings to the reward; ``check_prompt_ids`` verifies that the ids agree.
+    """
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    rows = []
+    ours, theirs = [], []
     for i in range(NUM_PROMPTS):
+        prompt = f"say {i}"
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"say {i}"}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        rows.append({"prompt": text, "answer": str(i)})
-    return Dataset.from_list(rows)
+        ours.append({"prompt": prompt, "answer": str(i)})
+        theirs.append({"prompt": text, "answer": str(i)})
+    return Dataset.from_list(ours), Dataset.from_list(theirs)
 
 
 def make_reward(lengths: list[int]) -> Callable[..., list[float]]:
@@ -155,7 +163,7 @@ def build_ours(model_dir: Path, dataset: Any, out: Path, args: argparse.Namespac
     overrides = {
         "model.path": str(model_dir),
         "model.dtype": "float32",
-        "data.chat_template": False,
+        "data.chat_template": True,
         "rollout.group_size": GROUP_SIZE,
         "rollout.prompts_per_step": PROMPTS_PER_STEP,
         "rollout.max_new_tokens": MAX_NEW_TOKENS,
@@ -377,15 +385,16 @@ def summarise(times: list[float], warmup: int, steps: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- modes
 
 
-def benchmark(args: argparse.Namespace, model_dir: Path, dataset: Any, tmp: Path) -> None:
+def benchmark(args: argparse.Namespace, model_dir: Path, datasets: tuple, tmp: Path) -> None:
     import torch
 
     ours_lengths: list[int] = []
     trl_lengths: list[int] = []
     ours_record: dict[str, list[float]] = defaultdict(list)
     trl_record: dict[str, list[float]] = defaultdict(list)
-    ours = build_ours(model_dir, dataset, tmp / "ours", args, make_reward(ours_lengths))
-    check_prompt_ids(ours, model_dir, dataset)
+    ours_data, trl_data = datasets
+    ours = build_ours(model_dir, ours_data, tmp / "ours", args, make_reward(ours_lengths))
+    check_prompt_ids(ours, model_dir, trl_data)
 
     try:
         import trl
@@ -415,7 +424,7 @@ def benchmark(args: argparse.Namespace, model_dir: Path, dataset: Any, tmp: Path
     clock = make_trl_callback(args.warmup, args.steps, ours_round, trl_record)
     rl_steps = args.warmup + args.rounds * args.steps
     trl_trainer = build_trl(
-        model_dir, dataset, tmp / "trl", args, make_reward(trl_lengths), rl_steps, [clock]
+        model_dir, trl_data, tmp / "trl", args, make_reward(trl_lengths), rl_steps, [clock]
     )
     clock.trainer = trl_trainer
     torch.set_num_threads(args.threads)
@@ -452,6 +461,8 @@ def benchmark(args: argparse.Namespace, model_dir: Path, dataset: Any, tmp: Path
         f"{statistics.fmean(trl_record['length'][args.warmup :]):.2f} |"
     )
     print(f"\nper-round s/step: ours {_fmt(o['rounds'])}; TRL {_fmt(t['rounds'])}")
+    if args.verbose:
+        print(f"per-step s: ours {_fmt(ours_times)}\n            TRL {_fmt(clock.times)}")
     print(
         f"completion lengths (reward-side): ours min {min(ours_lengths)} max {max(ours_lengths)}; "
         f"TRL min {min(trl_timed_lengths)} max {max(trl_timed_lengths)}"
@@ -462,12 +473,13 @@ def benchmark(args: argparse.Namespace, model_dir: Path, dataset: Any, tmp: Path
     print("met" if speedup >= GOAL else "NOT met")
 
 
-def profile(args: argparse.Namespace, model_dir: Path, dataset: Any, tmp: Path) -> None:
+def profile(args: argparse.Namespace, model_dir: Path, datasets: tuple, tmp: Path) -> None:
     import torch
 
     lengths: list[int] = []
     record: dict[str, list[float]] = defaultdict(list)
-    ours = build_ours(model_dir, dataset, tmp / "ours", args, make_reward(lengths))
+    ours_data, trl_data = datasets
+    ours = build_ours(model_dir, ours_data, tmp / "ours", args, make_reward(lengths))
     torch.set_num_threads(args.threads)
     run_ours(ours, args.warmup, record)
 
@@ -488,7 +500,7 @@ def profile(args: argparse.Namespace, model_dir: Path, dataset: Any, tmp: Path) 
         clock = make_trl_callback(args.warmup, args.profile_steps, after_warmup, trl_record)
         trainer = build_trl(
             model_dir,
-            dataset,
+            trl_data,
             tmp / "trl",
             args,
             make_reward(trl_lengths),
@@ -557,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="print every step's time too")
     parser.add_argument("--profile", action="store_true", help="profile our trainer instead")
     parser.add_argument("--profiler", choices=["cprofile", "torch"], default="cprofile")
     parser.add_argument("--profile-steps", type=int, default=5)
@@ -576,11 +589,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as name, _quiet_warnings():
         tmp = Path(name)
         model_dir = build_model(tmp / "model", args.seed)
-        dataset = build_prompts(model_dir)
+        datasets = build_prompts(model_dir)
         if args.profile:
-            profile(args, model_dir, dataset, tmp)
+            profile(args, model_dir, datasets, tmp)
         else:
-            benchmark(args, model_dir, dataset, tmp)
+            benchmark(args, model_dir, datasets, tmp)
 
 
 if __name__ == "__main__":

@@ -461,3 +461,26 @@ def test_unknown_names_list_the_valid_ones(tmp_path, tiny_model_dir, digit_data)
         make(tmp_path, tiny_model_dir, digit_data, **{"algorithm.aggregation": "mean"})
     with pytest.raises(ValueError, match="hf"):
         make(tmp_path, tiny_model_dir, digit_data, **{"rollout.backend": "vllm"})
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradient(
+    tmp_path, tiny_model_dir, digit_data, lora
+) -> None:
+    common = {"algorithm.mini_batches": 1, "model.lora.enabled": lora, "model.lora.r": 4}
+    plain = make(tmp_path / "a", tiny_model_dir, digit_data, **common)
+    batch, _, _ = plain.rollout()
+    plain_grads = capture_gradients(plain)
+    plain.update(batch)
+    ckpt = make(
+        tmp_path / "b",
+        tiny_model_dir,
+        digit_data,
+        **common,
+        **{"model.gradient_checkpointing": True},
+    )
+    model = ckpt.accelerator.unwrap_model(ckpt.model)
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    ckpt_grads = capture_gradients(ckpt)
+    ckpt.update(batch)
+    assert max_relative_difference(plain_grads[0], ckpt_grads[0]) < 1e-5
