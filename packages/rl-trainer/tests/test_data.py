@@ -142,8 +142,9 @@ def test_chat_template_is_applied(tok) -> None:
 
 
 def test_without_chat_template_the_prompt_follows_bos(tok) -> None:
-    prompts = tokenize_prompts(Dataset.from_list(ROWS[:1]), tok, prompt_column="prompt",
-                               chat_template=False)  # fmt: skip
+    prompts = tokenize_prompts(
+        Dataset.from_list(ROWS[:1]), tok, prompt_column="prompt", chat_template=False
+    )
     assert prompts.prompts == ["<s>say 1"]
     assert prompts.prompt_ids == [tok.encode("<s>say 1")]
 
@@ -194,15 +195,25 @@ def test_conversational_prompt_without_template_names_the_row(tok) -> None:
         },
     ]
     with pytest.raises(ValueError, match=r"where\.jsonl: row 1: conversational prompts need"):
-        tokenize_prompts(Dataset.from_list(rows), tok, prompt_column="prompt",
-                         chat_template=False, where="where.jsonl")  # fmt: skip
+        tokenize_prompts(
+            Dataset.from_list(rows),
+            tok,
+            prompt_column="prompt",
+            chat_template=False,
+            where="where.jsonl",
+        )
 
 
 def test_overlong_prompt_error_names_the_row(tok) -> None:
     rows = [{"prompt": "say 1", "answer": "1"}, {"prompt": "say " + "9" * 40, "answer": "9"}]
     with pytest.raises(ValueError) as info:
-        tokenize_prompts(Dataset.from_list(rows), tok, prompt_column="prompt",
-                         max_prompt_length=30, where="d.jsonl")  # fmt: skip
+        tokenize_prompts(
+            Dataset.from_list(rows),
+            tok,
+            prompt_column="prompt",
+            max_prompt_length=30,
+            where="d.jsonl",
+        )
     message = str(info.value)
     assert "d.jsonl: row 1:" in message and "data.max_prompt_length=30" in message
     assert "overlong_prompts=skip" in message
@@ -216,8 +227,13 @@ def test_overlong_prompts_skipped_and_counted(tok, caplog) -> None:
         {"prompt": "say 2", "answer": "2"},
     ]
     with caplog.at_level(logging.WARNING, logger="rl_trainer.data"):
-        prompts = tokenize_prompts(Dataset.from_list(rows), tok, prompt_column="prompt",
-                                   max_prompt_length=30, overlong="skip")  # fmt: skip
+        prompts = tokenize_prompts(
+            Dataset.from_list(rows),
+            tok,
+            prompt_column="prompt",
+            max_prompt_length=30,
+            overlong="skip",
+        )
     assert prompts.skipped == 2 and len(prompts) == 2
     assert prompts.rows == [1, 3]
     assert prompts.columns["answer"] == ["1", "2"]  # aligned with the kept rows
@@ -230,18 +246,25 @@ def test_overlong_prompts_skipped_and_counted(tok, caplog) -> None:
 def test_all_prompts_overlong_is_an_error(tok) -> None:
     rows = [{"prompt": "say " + "9" * 40, "answer": "9"}]
     with pytest.raises(ValueError, match="no prompt fits"):
-        tokenize_prompts(Dataset.from_list(rows), tok, prompt_column="prompt",
-                         max_prompt_length=30, overlong="skip")  # fmt: skip
+        tokenize_prompts(
+            Dataset.from_list(rows),
+            tok,
+            prompt_column="prompt",
+            max_prompt_length=30,
+            overlong="skip",
+        )
 
 
 def test_prompt_exactly_at_the_limit_is_kept(tok) -> None:
     length = len("<s>user: say 1\nassistant: ") - 2  # "<s>" is one token
-    prompts = tokenize_prompts(Dataset.from_list(ROWS[:1]), tok, prompt_column="prompt",
-                               max_prompt_length=length)  # fmt: skip
+    prompts = tokenize_prompts(
+        Dataset.from_list(ROWS[:1]), tok, prompt_column="prompt", max_prompt_length=length
+    )
     assert len(prompts.prompt_ids[0]) == length
     with pytest.raises(ValueError, match="row 0"):
-        tokenize_prompts(Dataset.from_list(ROWS[:1]), tok, prompt_column="prompt",
-                         max_prompt_length=length - 1)  # fmt: skip
+        tokenize_prompts(
+            Dataset.from_list(ROWS[:1]), tok, prompt_column="prompt", max_prompt_length=length - 1
+        )
 
 
 @pytest.mark.parametrize("cell", ["", "   ", None])
@@ -258,8 +281,13 @@ def test_empty_conversation_names_the_row(tok) -> None:
     ]
     for chat_template in (True, False):
         with pytest.raises(ValueError, match=r"d\.jsonl: row 1 has an empty 'prompt'"):
-            tokenize_prompts(Dataset.from_list(rows), tok, prompt_column="prompt",
-                             chat_template=chat_template, where="d.jsonl")  # fmt: skip
+            tokenize_prompts(
+                Dataset.from_list(rows),
+                tok,
+                prompt_column="prompt",
+                chat_template=chat_template,
+                where="d.jsonl",
+            )
 
 
 def test_non_text_prompt_names_the_row(tok) -> None:

@@ -115,7 +115,9 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, digit_data, aggre
     diff = float((reference - ranks[0]["grad"]).abs().max()) / float(reference.abs().max())
     assert diff < 1e-5, diff
     weights = torch.cat([v.flatten().float() for v in model.state_dict().values()])
-    assert float((weights - ranks[0]["weights"]).abs().max()) < 1e-5
+    # Weights after one AdamW step: Adam divides by sqrt(v) + eps, which magnifies float
+    # rounding in gradients near zero (about 1e-9) to ~1e-5; the gradient check above is exact.
+    assert float((weights - ranks[0]["weights"]).abs().max()) < 1e-4
 
 
 @pytest.mark.slow

@@ -60,8 +60,11 @@ def test_unknown_characters_encode_to_unk_one_each(tok) -> None:
     a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
     assert tok.encode("aA!b") == [a, 3, 3, b]
     assert tok.encode("é") == [3]
-    # Newlines are not in the default vocabulary; each one is still its own token.
-    assert tok.encode("a\n\nb") == [a, 3, 3, b]
+    # Newlines (the chat template's separator) are in the default vocabulary, one token each.
+    newline = tok.convert_tokens_to_ids("\n")
+    assert newline != 3
+    assert tok.encode("a\n\nb") == [a, newline, newline, b]
+    assert tok.encode("a\t") == [a, 3]
 
 
 def test_custom_characters_drop_duplicates() -> None:

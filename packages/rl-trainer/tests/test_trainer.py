@@ -40,8 +40,8 @@ def max_change(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_reward_rises_on_the_digits_task(tmp_path, tiny_model_dir, digit_data, rule) -> None:
     """Seed 0, 30 steps of 4 prompts x 8 completions (4 tokens), lr 3e-3, tiny Llama (hidden 32).
 
-    Reward = share of digit characters in the completion. Measured: ~0.20 over the first 3
-    steps, ~0.98 over the last 3 (band and ppo alike); the test asks for < 0.35 then > 0.8.
+    Reward = share of digit characters in the completion. Measured: ~0.21 over the first 3
+    steps, ~0.97 over the last 3 (band and ppo alike); the test asks for < 0.35 then > 0.8.
     """
     trainer = make(
         tmp_path,

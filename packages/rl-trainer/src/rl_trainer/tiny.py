@@ -27,7 +27,7 @@ from transformers import (
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
-DEFAULT_CHARACTERS = string.digits + string.ascii_lowercase + " +-=*/?:.,()<>"
+DEFAULT_CHARACTERS = string.digits + string.ascii_lowercase + " +-=*/?:.,()<>\n"
 
 # A minimal chat template: "<s>user: ...\nassistant: " (roles spelt out, no extra tokens).
 CHAT_TEMPLATE = (
