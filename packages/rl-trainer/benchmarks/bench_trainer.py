@@ -16,10 +16,10 @@ completions each (one pass, two mini-batches). Both trainers get, in one process
   (EOS, pad, BOS, unk) can be sampled, on either side, from the same weights. Embedding column 0
   (tied with the output head) is set to +BIAS for every character and to -BIAS for the special
   tokens: the residual stream carries a constant +BIAS channel, so each special token's logit sits
-  about 2 * BIAS * sqrt(hidden) below the characters' (about -30 nats relative). Every completion
-  then runs to max_new_tokens and, since specials are never sampled, decodes to 16 characters:
-  the reward function records those lengths on both sides, and each trainer's own
-  completion-length metric is printed next to them, so the equality of work is shown, not assumed;
+  about 2 * BIAS * sqrt(hidden) = 32 below the characters' (their log-probs are below -35).
+  Every completion then runs to max_new_tokens and, since specials are never sampled, decodes to
+  16 characters: the reward function records those lengths on both sides, and each trainer's
+  own completion-length metric is printed next to them, so equal work is shown, not assumed;
 * the same 64 prompts ("say 17", answer "17") through the tokenizer's chat template: ours renders
   them itself (``data.chat_template=true``, its default path, tokenised once at start); TRL gets
   them pre-rendered as standard (text, not conversational) prompts, so both hand plain strings to
@@ -34,20 +34,27 @@ completions each (one pass, two mini-batches). Both trainers get, in one process
 Settings. Ours: ``rollout.group_size=8, rollout.prompts_per_step=4, rollout.max_new_tokens=16,
 algorithm.rule=ppo, algorithm.ppo_epochs=1, algorithm.mini_batches=2, algorithm.kl_coef=0,
 optim.micro_batch_size=16`` (so no gradient accumulation). TRL 1.16 ``GRPOConfig``:
-``num_generations=8, per_device_train_batch_size=16, steps_per_generation=2`` (so
-``generation_batch_size=32``: 4 prompts; one generation feeds 2 optimiser steps)``,
-gradient_accumulation_steps=1, num_iterations=1, max_completion_length=16, beta=0.0, epsilon=0.2``
-(epsilon_high defaults to epsilon) ``, loss_type="dapo"`` (token-mean over the optimiser step's
-tokens) ``, scale_rewards="group", temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-mask_truncated_completions=False, optim="adamw_torch", lr_scheduler_type="constant",
-max_grad_norm=1.0, bf16=False, gradient_checkpointing=False`` (TRL defaults both to True)
-``, use_cpu=True, report_to="none", logging_steps=10**9, save_strategy="no",
-eval_strategy="no", disable_tqdm=True, log_completions=False``. Because gradient accumulation (1)
-is not a multiple of steps_per_generation (2), TRL computes old log-probs in a no-grad pass, as
-ours does. A TRL ``global_step`` is one optimiser update, so one RL step is 2 of them.
 
-Timing. Ours: the wall time of ``GRPOTrainer.train_step()`` (rollout + updates; ``train()``
-only adds a metrics write per step, here ``log_every`` would be off, and the final save).
+* ``num_generations=8, per_device_train_batch_size=16, steps_per_generation=2,
+  gradient_accumulation_steps=1, num_iterations=1``: generation_batch_size = 32 (4 prompts),
+  one generation feeds 2 optimiser steps of 16; since gradient_accumulation_steps is not a
+  multiple of steps_per_generation, TRL computes old log-probs in a no-grad pass, as ours does;
+* ``max_completion_length=16, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0``;
+* ``beta=0.0, epsilon=0.2`` (epsilon_high defaults to epsilon), ``loss_type="dapo"`` (token sum
+  over the generation batch's tokens per optimiser step: ours' token-mean, every completion
+  having 16 tokens), ``scale_rewards="group", mask_truncated_completions=False``;
+* ``optim="adamw_torch", learning_rate=lr, lr_scheduler_type="constant", weight_decay=0.0,
+  max_grad_norm=1.0``;
+* ``bf16=False, gradient_checkpointing=False`` (TRL defaults both to True), ``use_cpu=True``,
+  ``model_init_kwargs={"dtype": torch.float32}, disable_dropout=True``;
+* ``report_to="none", logging_steps=10**9, save_strategy="no", eval_strategy="no",
+  disable_tqdm=True, log_completions=False`` (and its PrinterCallback removed).
+
+A TRL ``global_step`` is one optimiser update, so one RL step is 2 of them.
+
+Timing. Ours: the wall time of ``GRPOTrainer.train_step()`` (rollout + updates; what ``train()``
+adds around it is a metrics write every ``logging.log_every`` steps, which would be off here
+just as TRL's logging is, and the final save).
 TRL: its own ``train()`` loop runs all steps, and a callback records the wall time between the
 ends of consecutive RL steps (every second ``on_step_end``), so each interval holds everything
 TRL's loop does for that step: fetching the batch, generation and scoring, both forward/backward
@@ -57,6 +64,9 @@ even out machine noise: TRL's ``train()`` runs, and after its warm-up steps and 
 own; TRL's clock is restarted after them), so rounds alternate TRL, ours, TRL, ours, ...
 The warm-up steps of each (``--warmup``) are excluded. Each round gives a mean s/step; the table
 shows the median and the min over rounds, and the speed-up is TRL's median s/step / ours.
+Both run with ``--threads`` torch threads, 1 by default: on a small machine shared with other
+work, a multi-threaded team stalls whenever another process takes one of its cores (steps 10x
+to 80x slower were seen on 2 cores), while one thread only slows down in proportion.
 
 ``--profile`` runs our trainer alone: a per-phase breakdown (generation, no-grad log-prob pass,
 training forward + loss, backward, optimiser step) over ``--profile-steps`` steps, then the same
@@ -83,7 +93,8 @@ GOAL = 1.5  # our steps/s at least 1.5x TRL's
 GROUP_SIZE = 8
 PROMPTS_PER_STEP = 4
 MAX_NEW_TOKENS = 16
-UPDATES_PER_STEP = 2  # optimiser updates per rollout (ours: mini_batches; TRL: steps_per_generation)
+# Optimiser updates per rollout (ours: algorithm.mini_batches; TRL: steps_per_generation).
+UPDATES_PER_STEP = 2
 MICRO_BATCH = 16
 NUM_PROMPTS = 64
 BIAS = 2.0  # embedding column 0: +BIAS for characters, -BIAS for special tokens
@@ -103,8 +114,12 @@ def build_model(directory: Path, seed: int) -> Path:
     """Writes the tiny model + tokenizer, tweaked so that no special token is ever sampled."""
     import torch
 
-    from rl_trainer.tiny import SPECIAL_TOKENS, build_char_tokenizer, build_tiny_model
-    from rl_trainer.tiny import save_tiny_model
+    from rl_trainer.tiny import (
+        SPECIAL_TOKENS,
+        build_char_tokenizer,
+        build_tiny_model,
+        save_tiny_model,
+    )
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, seed=seed)
@@ -203,6 +218,7 @@ def build_trl(
     callbacks: list[Any],
 ):
     import torch
+    from transformers import PrinterCallback
     from trl import GRPOConfig
     from trl import GRPOTrainer as TRLGRPOTrainer
 
@@ -250,13 +266,15 @@ def build_trl(
         log_completions=False,
         dataloader_num_workers=0,
     )
-    return TRLGRPOTrainer(
+    trainer = TRLGRPOTrainer(
         model=str(model_dir),
         reward_funcs=[reward],
         args=config,
         train_dataset=dataset,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # it would print the end-of-training summary
+    return trainer
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -269,11 +287,14 @@ class PhaseTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
 
-    def wrap(self, obj: Any, name: str, label: str | Callable[[], str]) -> None:
+    def wrap(self, obj: Any, name: str, label: str | Callable[[], str | None]) -> None:
+        """Times ``obj.name``; a callable label is asked at each call (None: not timed)."""
         inner = getattr(obj, name)
 
         def timed(*a: Any, **k: Any) -> Any:
             key = label() if callable(label) else label
+            if key is None:
+                return inner(*a, **k)
             start = time.perf_counter()
             try:
                 return inner(*a, **k)
@@ -299,10 +320,12 @@ class PhaseTimer:
         print(f"  {'(everything else)':<44} {other / steps:>8.4f} {other / total:>7.1%}")
 
 
-def grad_label(with_grad: str, without: str) -> Callable[[], str]:
+def no_grad_label(label: str) -> Callable[[], str | None]:
+    """Times only the calls made without gradient (TRL's old log-prob pass, not its training
+    forward, which ``_compute_loss`` times)."""
     import torch
 
-    return lambda: with_grad if torch.is_grad_enabled() else without
+    return lambda: None if torch.is_grad_enabled() else label
 
 
 def instrument_ours(trainer: Any, timer: PhaseTimer) -> None:
@@ -319,11 +342,12 @@ def instrument_trl(trainer: Any, timer: PhaseTimer) -> None:
     timer.wrap(
         trainer,
         "_get_per_token_logps_and_entropies",
-        grad_label("training forward (log-probs + entropy)", "old log-probs (no-grad forward)"),
+        no_grad_label("old log-probs (no-grad forward)"),
     )
     timer.wrap(trainer, "_compute_loss", "training forward + loss")
     timer.wrap(trainer.accelerator, "backward", "backward")
     timer.wrap(trainer.accelerator, "clip_grad_norm_", "grad-norm clip")
+    # The optimiser exists once train() has started: StepClock's on_begin wraps it.
 
 
 def run_ours(trainer: Any, steps: int, record: dict[str, list[float]]) -> list[float]:
@@ -340,7 +364,11 @@ def run_ours(trainer: Any, steps: int, record: dict[str, list[float]]) -> list[f
 
 
 def make_trl_callback(
-    warmup: int, steps: int, between_rounds: Callable[[int], None], record: dict[str, list]
+    warmup: int,
+    steps: int,
+    between_rounds: Callable[[int], None],
+    record: dict[str, list],
+    on_begin: Callable[[Any], None] | None = None,
 ) -> Any:
     from transformers import TrainerCallback
 
@@ -353,6 +381,8 @@ def make_trl_callback(
             self.trainer: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if on_begin is not None:
+                on_begin(kw["optimizer"])
             self.mark = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -378,7 +408,6 @@ def summarise(times: list[float], warmup: int, steps: int) -> dict[str, Any]:
         "rounds": rounds,
         "median": statistics.median(rounds),
         "min": min(rounds),
-        "step_median": statistics.median(timed),
     }
 
 
@@ -447,8 +476,8 @@ def benchmark(args: argparse.Namespace, model_dir: Path, datasets: tuple, tmp: P
         f"{args.steps} timed steps each, interleaved"
     )
     print(
-        f"\n| trainer | s/step median | s/step min | completion tokens/step (reward-side) "
-        f"| mean completion length (trainer metric) |"
+        "\n| trainer | s/step median | s/step min | completion tokens/step (reward-side) "
+        "| mean completion length (trainer metric) |"
     )
     print("| --- | ---: | ---: | ---: | ---: |")
     print(
@@ -497,7 +526,13 @@ def profile(args: argparse.Namespace, model_dir: Path, datasets: tuple, tmp: Pat
             if index == 0:
                 trl_timer.reset()
 
-        clock = make_trl_callback(args.warmup, args.profile_steps, after_warmup, trl_record)
+        clock = make_trl_callback(
+            args.warmup,
+            args.profile_steps,
+            after_warmup,
+            trl_record,
+            on_begin=lambda optimizer: trl_timer.wrap(optimizer, "step", "optimiser step"),
+        )
         trainer = build_trl(
             model_dir,
             trl_data,
@@ -512,7 +547,7 @@ def profile(args: argparse.Namespace, model_dir: Path, datasets: tuple, tmp: Pat
         torch.set_num_threads(args.threads)
         trainer.train()
         trl_timer.report(
-            "TRL, phases (training forward + loss includes its forward)",
+            "TRL, phases",
             args.profile_steps,
             sum(clock.times[args.warmup :]),
         )
@@ -565,8 +600,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="timed RL steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed RL steps first")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per trainer")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per trainer")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both")
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="print every step's time too")
@@ -581,6 +616,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--steps, --rounds, --threads, --profile-steps and --warmup must be >= 1")
 
     _set_env()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average at start: {load:.2f} on {os.cpu_count()} CPUs", end="")
+    print(" (recent other work: timings may be noisy)" if load > 0.5 else "")
     import torch
     from transformers.utils import logging as hf_logging
 
