@@ -90,6 +90,9 @@ class RolloutConfig:
     """How completions are sampled: G per prompt, ``prompts_per_step`` prompts per step."""
 
     backend: str = "hf"
+    # hf backend: "loop" (a lean KV-cache sampler that also returns token log-probs) or
+    # "generate" (transformers' generate, for architectures that need its special handling).
+    sampler: Literal["loop", "generate"] = "loop"
     group_size: int = 8
     # Prompts per step across all processes; must divide evenly among them.
     prompts_per_step: int = 4
@@ -139,6 +142,10 @@ class AlgorithmConfig:
     # policy has moved away from the one that sampled: ppo_epochs * mini_batches > 1.
     ppo_epochs: int = 1
     mini_batches: int = 2
+    # Old log-probs: "rollout" takes the sampler's (no extra forward pass), "recompute" runs a
+    # forward pass over the batch, "auto" takes the sampler's when they are the same numbers:
+    # float32 weights and no top-k/top-p truncation; otherwise it recomputes.
+    old_logprobs: Literal["auto", "rollout", "recompute"] = "auto"
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0

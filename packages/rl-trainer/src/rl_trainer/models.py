@@ -62,7 +62,15 @@ def load_policy(config: ModelConfig, device: torch.device) -> nn.Module:
         kwargs["attn_implementation"] = config.attn_implementation
     model: Any = AutoModelForCausalLM.from_pretrained(config.path, **kwargs)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.x renamed gradient checkpointing to activation checkpointing.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.config.use_cache = False
     if config.lora.enabled:
         model = apply_lora(model, config.lora)

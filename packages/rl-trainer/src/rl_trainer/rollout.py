@@ -18,6 +18,8 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
+from rl_trainer.sampling import sample
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,6 +42,9 @@ class RolloutOutput:
 
     prompt_index: list[int]
     completion_ids: list[list[int]]
+    # Optional: per completion token, its log-prob under the sampling weights and temperature
+    # (before any top-k/top-p truncation). The trainer may use them as the old log-probs.
+    logprobs: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompt_index) != len(self.completion_ids):
@@ -47,6 +52,10 @@ class RolloutOutput:
                 f"prompt_index ({len(self.prompt_index)}) and completion_ids "
                 f"({len(self.completion_ids)}) must have the same length"
             )
+        if self.logprobs is not None and [len(x) for x in self.logprobs] != [
+            len(c) for c in self.completion_ids
+        ]:
+            raise ValueError("logprobs must have one value per completion token")
 
 
 class RolloutBackend(Protocol):
@@ -171,11 +180,13 @@ def strip_completion(row: Sequence[int], eos_ids: set[int], pad_id: int) -> list
 
 
 class HFRolloutBackend:
-    """Samples with ``model.generate`` on the training model: KV cache on, whole groups batched.
+    """Samples from the training model itself: KV cache on, whole groups batched.
 
-    Each prompt is repeated ``num_samples`` times in one batch (the prompt is encoded once per
-    copy, but all G samples share one generate call), in chunks of ``generation_batch_size``
-    sequences when set.
+    Each prompt is repeated ``num_samples`` times in one batch, in chunks of
+    ``generation_batch_size`` sequences when set. ``sampler="loop"`` (default) uses
+    ``rl_trainer.sampling.sample``, a lean KV-cache loop that also returns each token's log-prob;
+    ``sampler="generate"`` uses ``transformers``' ``generate`` (for architectures whose decoding
+    needs its special handling) and returns no log-probs.
     """
 
     def __init__(
@@ -185,7 +196,11 @@ class HFRolloutBackend:
         accelerator: Accelerator,
         *,
         generation_batch_size: int | None = None,
+        sampler: str = "loop",
     ) -> None:
+        if sampler not in ("loop", "generate"):
+            raise ValueError(f"unknown sampler {sampler!r}; valid: loop, generate")
+        self.sampler = sampler
         self.model = model
         self.tokenizer = tokenizer
         self.accelerator = accelerator
@@ -218,6 +233,7 @@ class HFRolloutBackend:
         rows = [prompt_ids[p] for p in index]
         chunk = self.generation_batch_size or len(rows)
         completions: list[list[int]] = []
+        logprobs: list[list[float]] = []
         pad_id = int(self.tokenizer.pad_token_id)
         # A config built from scratch: model-shipped defaults (repetition penalty, top-k 50, ...)
         # would make the sampling distribution differ from the one the loss assumes. generate()
@@ -247,20 +263,52 @@ class HFRolloutBackend:
             was_training = model.training
             model.eval()
             try:
-                for start in range(0, len(rows), chunk):
-                    ids, mask = left_pad(
-                        rows[start : start + chunk], pad_id, self.accelerator.device
-                    )
-                    out = model.generate(  # type: ignore[operator]
-                        input_ids=ids,
-                        attention_mask=mask,
-                        generation_config=config,
-                    )
-                    new = out[:, ids.shape[1] :].tolist()
-                    completions.extend(strip_completion(r, self.eos_ids, pad_id) for r in new)
+                if self.sampler == "loop":
+                    # Whole prompts per chunk: each is encoded once, its cache repeated G times.
+                    per_chunk = max(1, chunk // num_samples)
+                    for start in range(0, len(prompt_ids), per_chunk):
+                        ids, mask = left_pad(
+                            prompt_ids[start : start + per_chunk], pad_id, self.accelerator.device
+                        )
+                        sampled = sample(
+                            model,
+                            ids,
+                            mask,
+                            num_samples=num_samples,
+                            max_new_tokens=params.max_new_tokens,
+                            eos_ids=torch.tensor(sorted(self.eos_ids)),
+                            pad_id=pad_id,
+                            temperature=params.temperature,
+                            top_k=params.top_k,
+                            top_p=params.top_p,
+                        )
+                        for row, lps, n in zip(
+                            sampled.tokens.tolist(),
+                            sampled.logprobs.tolist(),
+                            sampled.lengths.tolist(),
+                            strict=True,
+                        ):
+                            completions.append(row[:n])
+                            logprobs.append(lps[:n])
+                else:
+                    for start in range(0, len(rows), chunk):
+                        ids, mask = left_pad(
+                            rows[start : start + chunk], pad_id, self.accelerator.device
+                        )
+                        out = model.generate(  # type: ignore[operator]
+                            input_ids=ids,
+                            attention_mask=mask,
+                            generation_config=config,
+                        )
+                        new = out[:, ids.shape[1] :].tolist()
+                        completions.extend(strip_completion(r, self.eos_ids, pad_id) for r in new)
             finally:
                 model.train(was_training)
-        return RolloutOutput(prompt_index=index, completion_ids=completions)
+        return RolloutOutput(
+            prompt_index=index,
+            completion_ids=completions,
+            logprobs=logprobs if self.sampler == "loop" else None,
+        )
 
 
 @register_rollout_backend("hf")

@@ -108,6 +108,15 @@ def _disable_dropout(model: nn.Module) -> None:
             setattr(module, "attention_dropout", 0.0)  # noqa: B010
 
 
+def _adamw(params: list[nn.Parameter], **kwargs: Any) -> torch.optim.Optimizer:
+    """Returns AdamW with the fused kernel where torch has one for these parameters (CPU and
+    CUDA: one kernel for all tensors instead of a Python loop over them), else the default."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def _schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -228,7 +237,7 @@ class GRPOTrainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
-        optimizer = torch.optim.AdamW(
+        optimizer = _adamw(
             params,
             lr=cfg.optim.lr,
             betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
@@ -256,7 +265,9 @@ class GRPOTrainer:
             self.tokenizer,
             acc,
             generation_batch_size=cfg.rollout.generation_batch_size,
+            sampler=cfg.rollout.sampler,
         )
+        self.reuse_rollout_logprobs = self._reuse_rollout_logprobs(policy)
         self.sampler = PromptSampler(
             len(self.train_prompts), seed=cfg.optim.seed, shuffle=cfg.data.shuffle
         )
@@ -279,6 +290,29 @@ class GRPOTrainer:
             ds["train_micro_batch_size_per_gpu"] = self.config.optim.micro_batch_size
         if ds.get("gradient_clipping", "auto") == "auto":
             ds["gradient_clipping"] = self.config.optim.max_grad_norm or 0.0
+
+    def _reuse_rollout_logprobs(self, policy: nn.Module) -> bool:
+        cfg = self.config
+        mode = cfg.algorithm.old_logprobs
+        if mode == "recompute":
+            return False
+        loop = cfg.rollout.backend == "hf" and cfg.rollout.sampler == "loop"
+        if mode == "rollout":
+            if cfg.rollout.backend == "hf" and not loop:
+                raise ValueError(
+                    "algorithm.old_logprobs=rollout needs log-probs from the sampler: use "
+                    "rollout.sampler=loop (transformers' generate returns none)"
+                )
+            return True
+        # auto: the sampler's numbers equal a fresh forward pass only in float32 and without
+        # truncation (bf16 kernels differ between cached decoding and a full pass).
+        dtypes = {p.dtype for p in policy.parameters()}
+        return (
+            loop
+            and dtypes == {torch.float32}
+            and cfg.rollout.top_k == 0
+            and cfg.rollout.top_p == 1.0
+        )
 
     def _prompts(self, dataset: Dataset | None, path: str | None, key: str) -> PromptSet:
         cfg = self.config.data
@@ -433,17 +467,22 @@ class GRPOTrainer:
         if self._sum([len(kept)])[0] == 0:
             return None, metrics, examples
 
-        if kept:
-            batch = self.prepare_batch(
-                [prompt_ids[index[i]] for i in kept],
-                [out.completion_ids[i] for i in kept],
-                advantages[mine][kept],
+        rollout_logprobs = out.logprobs if self.reuse_rollout_logprobs else None
+        if self.reuse_rollout_logprobs and rollout_logprobs is None:
+            raise ValueError(
+                f"rollout backend {cfg.rollout.backend!r} returned no log-probs; set "
+                f"algorithm.old_logprobs=recompute"
             )
-        else:
-            # Collectives need every process in every micro-batch: one sample, masked out.
-            batch = self.prepare_batch(
-                [prompt_ids[index[0]]], [out.completion_ids[0]], torch.zeros(1), masked=True
-            )
+        chosen = kept or [0]  # collectives need every process: one masked sample if none left
+        batch = self.prepare_batch(
+            [prompt_ids[index[i]] for i in chosen],
+            [out.completion_ids[i] for i in chosen],
+            advantages[mine][chosen] if kept else torch.zeros(1),
+            masked=not kept,
+            old_logprobs=None
+            if rollout_logprobs is None
+            else [rollout_logprobs[i] for i in chosen],
+        )
         return batch, metrics, examples
 
     def prepare_batch(
@@ -453,17 +492,26 @@ class GRPOTrainer:
         advantages: Tensor,
         *,
         masked: bool = False,
+        old_logprobs: Sequence[Sequence[float]] | None = None,
     ) -> RolloutBatch:
         """Returns a RolloutBatch with old (and reference) log-probs and the rule's bounds.
 
         Both are computed here once, without gradient, from the current weights, which are the
         weights that sampled the completions; every mini-batch update then reuses them.
         ``masked`` zeroes the completion mask (a placeholder that contributes nothing).
+        ``old_logprobs`` (one value per completion token, from the sampler) replaces the forward
+        pass that would otherwise compute them.
         """
         batch = self._build_batch(prompt_ids, completion_ids, advantages)
         if masked:
             batch.completion_mask.zero_()
-        batch.old_logprobs = self._score(self.model, batch)
+        if old_logprobs is None:
+            batch.old_logprobs = self._score(self.model, batch)
+        else:
+            old = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+            for i, values in enumerate(old_logprobs):
+                old[i, : len(values)] = torch.as_tensor(values, dtype=torch.float32)
+            batch.old_logprobs = old.to(batch.completion_ids.device)
         if self.config.algorithm.kl_coef > 0:
             if self.reference is not None:
                 batch.ref_logprobs = self._score(self.reference, batch)
