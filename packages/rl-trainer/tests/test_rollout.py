@@ -38,6 +38,12 @@ def model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
 
 
+@pytest.fixture(params=["loop", "generate"])
+def sampler(request) -> str:
+    """The hf backend's two samplers: every sampling test runs against both."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def prompts(tokenizer) -> list[list[int]]:
     """Three prompts of different lengths, so that left padding is exercised."""
@@ -119,8 +125,10 @@ def test_rollout_output_lengths_must_match() -> None:
 # ----------------------------------------------------------------------------- hf backend
 
 
-def test_num_samples_per_prompt_prompt_major(model, tokenizer, accelerator, prompts) -> None:
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+def test_num_samples_per_prompt_prompt_major(
+    sampler, model, tokenizer, accelerator, prompts
+) -> None:
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
     torch.manual_seed(0)
     out = backend.generate(prompts, 3, SamplingParams(max_new_tokens=5))
     assert out.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -131,19 +139,23 @@ def test_num_samples_per_prompt_prompt_major(model, tokenizer, accelerator, prom
     assert max(len(c) for c in out.completion_ids) == 5
 
 
-def test_greedy_equals_manual_argmax_loop(model, tokenizer, accelerator, prompts) -> None:
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+def test_greedy_equals_manual_argmax_loop(sampler, model, tokenizer, accelerator, prompts) -> None:
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     out = backend.generate(prompts, 2, params)
     expected = greedy_loop(model, prompts, 6, tokenizer.eos_token_id, tokenizer.pad_token_id)
     assert out.completion_ids == [c for c in expected for _ in range(2)]
     assert backend.generate(prompts, 2, params).completion_ids == out.completion_ids
     # Chunked generation (one sequence per generate call: no padding at all) agrees.
-    chunked = HFRolloutBackend(model, tokenizer, accelerator, generation_batch_size=1)
+    chunked = HFRolloutBackend(
+        model, tokenizer, accelerator, generation_batch_size=1, sampler=sampler
+    )
     assert chunked.generate(prompts, 2, params).completion_ids == out.completion_ids
 
 
-def test_model_generation_config_does_not_leak(model, tokenizer, accelerator, prompts) -> None:
+def test_model_generation_config_does_not_leak(
+    sampler, model, tokenizer, accelerator, prompts
+) -> None:
     """Options shipped in the checkpoint's generation_config.json must not change decoding."""
     shipped = model.generation_config
     shipped.repetition_penalty = 2.0
@@ -153,7 +165,7 @@ def test_model_generation_config_does_not_leak(model, tokenizer, accelerator, pr
     shipped.num_beams = 2
     shipped.temperature = 0.01
     before = shipped.to_dict()
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
 
     greedy = backend.generate(prompts, 1, SamplingParams(max_new_tokens=6, temperature=0.0))
     expected = greedy_loop(model, prompts, 6, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -177,11 +189,11 @@ def _next_token_frequencies(backend, prompt: list[int], n: int, params: Sampling
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_sampling_follows_softmax_of_logits_over_temperature(
-    model, tokenizer, accelerator, prompts, temperature
+    sampler, model, tokenizer, accelerator, prompts, temperature
 ) -> None:
     """No hidden truncation (transformers' default top_k=50 would drop the least likely tokens
     of this 54-token vocabulary) and the temperature is the given one."""
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1].double()
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -191,8 +203,8 @@ def test_sampling_follows_softmax_of_logits_over_temperature(
     assert float((freq - probs).abs().max()) < 0.015
 
 
-def test_top_k_restricts_sampling(model, tokenizer, accelerator, prompts) -> None:
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+def test_top_k_restricts_sampling(sampler, model, tokenizer, accelerator, prompts) -> None:
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([prompts[0]])).logits[0, -1]
     top = set(logits.topk(3).indices.tolist())
@@ -201,8 +213,10 @@ def test_top_k_restricts_sampling(model, tokenizer, accelerator, prompts) -> Non
     assert set(torch.nonzero(freq).flatten().tolist()) == top
 
 
-def test_sampling_with_fixed_seed_is_reproducible(model, tokenizer, accelerator, prompts) -> None:
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+def test_sampling_with_fixed_seed_is_reproducible(
+    sampler, model, tokenizer, accelerator, prompts
+) -> None:
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
     params = SamplingParams(max_new_tokens=6, temperature=1.0)
     torch.manual_seed(7)
     a = backend.generate(prompts, 4, params)
@@ -214,8 +228,8 @@ def test_sampling_with_fixed_seed_is_reproducible(model, tokenizer, accelerator,
     assert a.completion_ids != c.completion_ids
 
 
-def test_training_mode_is_restored(model, tokenizer, accelerator, prompts) -> None:
-    backend = HFRolloutBackend(model, tokenizer, accelerator)
+def test_training_mode_is_restored(sampler, model, tokenizer, accelerator, prompts) -> None:
+    backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
     model.train()
     backend.generate(prompts[:1], 1, SamplingParams(2, temperature=0.0))
     assert model.training
@@ -224,7 +238,7 @@ def test_training_mode_is_restored(model, tokenizer, accelerator, prompts) -> No
     assert not model.training
 
 
-def test_stops_at_eos(model, tokenizer, accelerator, prompts) -> None:
+def test_stops_at_eos(sampler, model, tokenizer, accelerator, prompts) -> None:
     """With the EOS logit boosted the model stops at once: the completion is just the EOS."""
     eos = tokenizer.eos_token_id
 
@@ -235,7 +249,7 @@ def test_stops_at_eos(model, tokenizer, accelerator, prompts) -> None:
 
     hook = model.lm_head.register_forward_hook(boost_eos)
     try:
-        backend = HFRolloutBackend(model, tokenizer, accelerator)
+        backend = HFRolloutBackend(model, tokenizer, accelerator, sampler=sampler)
         out = backend.generate(prompts, 2, SamplingParams(max_new_tokens=5))
     finally:
         hook.remove()

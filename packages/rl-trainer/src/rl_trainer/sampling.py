@@ -56,7 +56,8 @@ def truncate_logits(scaled: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tenso
 
 def _cache_keyword(model: nn.Module) -> str:
     # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name is deprecated).
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
     try:
         parameters = inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
