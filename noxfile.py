@@ -12,7 +12,7 @@ Sessions (``uv run nox -l`` lists them):
 - ``lint``: ``ruff check`` and ``ruff format --check`` over the whole repository.
 - ``typecheck(package='NAME')``: mypy on the member's ``src/`` with the member installed.
 - ``bench(package='NAME')``: every ``benchmarks/bench_*.py`` of the member (skipped when
-  there is none).
+  there is none), with the member's ``bench`` dependency group when it has one.
 
 The default selection (plain ``uv run nox``) is every member's tests on Python 3.11, the
 workspace tests, lint and every member's typecheck: it needs only Python 3.11 and fits CI's
@@ -77,7 +77,12 @@ nox.options.sessions = [
 ]
 
 
-def _sync_member(session: nox.Session, member: Member) -> None:
+def _member_groups(member: Member) -> dict[str, list[str]]:
+    with (member.path / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh).get("dependency-groups", {})
+
+
+def _sync_member(session: nox.Session, member: Member, *extra_groups: str) -> None:
     """Install ``member`` and its ``test`` group, exactly as locked, into the session venv.
 
     ``uv sync`` targets the environment named by UV_PROJECT_ENVIRONMENT (the session's venv);
@@ -93,6 +98,7 @@ def _sync_member(session: nox.Session, member: Member) -> None:
         "--no-default-groups",
         "--group",
         "test",
+        *(arg for group in extra_groups for arg in ("--group", group)),
         env={
             "UV_PROJECT_ENVIRONMENT": session.virtualenv.location,
             "UV_PYTHON": session.virtualenv.location,
@@ -182,6 +188,8 @@ def bench(session: nox.Session, package: str) -> None:
     scripts = sorted(bench_dir.glob("bench_*.py")) if bench_dir.is_dir() else []
     if not scripts:
         session.skip(f"{member.rel}: no benchmarks/bench_*.py, nothing to run")
-    _sync_member(session, member)
+    # A member's `bench` dependency group holds what only its benchmarks need (e.g. the
+    # baseline library they compare against).
+    _sync_member(session, member, *(["bench"] if "bench" in _member_groups(member) else []))
     for script in scripts:
         session.run("python", str(script), *session.posargs)
