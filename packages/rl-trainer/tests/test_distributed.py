@@ -141,14 +141,14 @@ def test_cli_training_runs_under_the_shipped_cpu_config(
         "optim.steps=2",
         "optim.lr=1e-2",
         "checkpoint.save_every=1",
-        "eval.max_prompts=4",
+        "eval.max_prompts=3",
         'algorithm.rewards=[{name: format, params: {pattern: ".*[0-9].*"}}]',
     ]
     proc = launch(args, config_file=accelerate_config("cpu_2proc"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 2]  # two steps, then the final evaluation
-    assert lines[-1]["eval/prompts"] == 4
+    assert lines[-1]["eval/prompts"] == 3  # 2 + 1 prompts: the short rank repeats one, unused
     checkpoint = out / "checkpoints" / "step-000002"
     assert (checkpoint / "random_states_0.pkl").is_file()
     assert (checkpoint / "random_states_1.pkl").is_file()

@@ -273,6 +273,8 @@ def test_lora_trains_only_adapters_and_uses_base_as_reference(
     base_scores = trainer._score(base, batch)
     assert torch.allclose(batch.ref_logprobs, base_scores, atol=1e-5)
     assert not torch.allclose(batch.old_logprobs, base_scores, atol=1e-3)
+    checkpoint = trainer.save()
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
     trainer.save_model(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter" / "model.safetensors").exists()

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from rl_trainer.advantages import (
 )
 from rl_trainer.config import TrainerConfig
 from rl_trainer.data import PromptSampler, PromptSet, load_prompt_dataset, tokenize_prompts
-from rl_trainer.estimators import mean_pass_at_k
+from rl_trainer.evaluation import evaluate
 from rl_trainer.logprobs import completion_logits, kl_penalty, token_logprobs_and_entropy
 from rl_trainer.models import (
     adapters_disabled,
@@ -802,82 +802,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def evaluate(self, prompts: PromptSet | None = None) -> dict[str, float]:
-        """Returns held-out metrics: greedy accuracy, mean@k and unbiased pass@1 / pass@k.
-
-        A sample is correct when ``eval.correct_reward`` (default: the first reward) is at least
-        ``eval.correct_threshold``. Prompts are split over the processes and counts summed.
-        """
-        cfg = self.config
-        acc = self.accelerator
+        """Returns held-out metrics (``rl_trainer.evaluation.evaluate``) on ``prompts`` or the
+        configured evaluation set."""
         prompts = prompts or self.eval_prompts
         if prompts is None:
             raise ValueError("no evaluation prompts: set data.eval_path")
-        total = min(len(prompts), cfg.eval.max_prompts or len(prompts))
-        positions = list(range(total))[acc.process_index :: acc.num_processes]
-        first = self.reward_specs[0]
-        reward_key = cfg.eval.correct_reward or (
-            first.name if isinstance(first, RewardSpec) else first[0]
-        )
-        k = cfg.eval.k
-        sums = {"greedy_correct": 0.0, "greedy_reward": 0.0, "sampled_reward": 0.0}
-        correct_counts: list[int] = []
-        if positions:
-            ids, texts, cols = prompts.select(positions)
-
-            def score(output: Any) -> tuple[Tensor, Tensor]:
-                comps = self.tokenizer.batch_decode(output.completion_ids, skip_special_tokens=True)
-                res = compute_rewards(
-                    self.reward_specs,
-                    [texts[p] for p in output.prompt_index],
-                    comps,
-                    {n: [v[p] for p in output.prompt_index] for n, v in cols.items()},
-                )
-                if reward_key not in res.per_function:
-                    raise ValueError(
-                        f"eval.correct_reward={reward_key!r} is not one of the rewards "
-                        f"{sorted(res.per_function)}"
-                    )
-                correct = res.per_function[reward_key].nan_to_num(0.0) >= (
-                    cfg.eval.correct_threshold
-                )
-                return res.total, correct
-
-            if cfg.eval.greedy:
-                greedy = self.backend.generate(
-                    ids, 1, SamplingParams(cfg.rollout.max_new_tokens, temperature=0.0)
-                )
-                reward, correct = score(greedy)
-                sums["greedy_correct"] = float(correct.sum())
-                sums["greedy_reward"] = float(reward.sum())
-            sampled = self.backend.generate(
-                ids, k, replace(self._sampling(), temperature=cfg.eval.temperature)
-            )
-            reward, correct = score(sampled)
-            sums["sampled_reward"] = float(reward.sum())
-            per_prompt = torch.zeros(len(ids))
-            per_prompt.index_add_(0, torch.tensor(sampled.prompt_index), correct.float())
-            correct_counts = [int(c) for c in per_prompt.tolist()]
-        keys = list(sums)
-        pass1 = (
-            mean_pass_at_k(correct_counts, k, 1) * len(correct_counts) if correct_counts else 0.0
-        )
-        passk = (
-            mean_pass_at_k(correct_counts, k, k) * len(correct_counts) if correct_counts else 0.0
-        )
-        reduced = self._sum([*(sums[key] for key in keys), pass1, passk, float(len(positions))])
-        n = max(reduced[-1], 1.0)
-        out = {
-            f"eval/mean@{k}": reduced[keys.index("sampled_reward")] / (n * k),
-            "eval/pass@1": reduced[-3] / n,
-            f"eval/pass@{k}": reduced[-2] / n,
-            "eval/prompts": reduced[-1],
-        }
-        if cfg.eval.greedy:
-            out["eval/greedy_accuracy"] = reduced[keys.index("greedy_correct")] / n
-            out["eval/greedy_reward"] = reduced[keys.index("greedy_reward")] / n
-        return out
+        return evaluate(self, prompts)
 
     # ------------------------------------------------------------------ state
 
