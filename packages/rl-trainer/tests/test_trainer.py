@@ -486,3 +486,20 @@ def test_gradient_checkpointing_gives_the_same_gradient(
     ckpt_grads = capture_gradients(ckpt)
     ckpt.update(batch)
     assert max_relative_difference(plain_grads[0], ckpt_grads[0]) < 1e-5
+
+
+def test_per_update_metrics_and_update_budget(tmp_path, tiny_model_dir, digit_data) -> None:
+    trainer = make(
+        tmp_path,
+        tiny_model_dir,
+        digit_data,
+        **{"algorithm.mini_batches": 2, "algorithm.ppo_epochs": 2},
+    )
+    metrics = trainer.train_step()
+    assert len(trainer.last_updates) == 4
+    assert all("clip_frac_low" in u and "entropy" in u for u in trainer.last_updates)
+    assert metrics["entropy"] == pytest.approx(sum(u["entropy"] for u in trainer.last_updates) / 4)
+    before = trainer.scheduler.last_epoch
+    trainer.train_step(max_updates=1)
+    assert len(trainer.last_updates) == 1
+    assert trainer.scheduler.last_epoch == before + 1

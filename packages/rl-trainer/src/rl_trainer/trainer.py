@@ -272,6 +272,7 @@ class GRPOTrainer:
             len(self.train_prompts), seed=cfg.optim.seed, shuffle=cfg.data.shuffle
         )
         self.step = 0
+        self.last_updates: list[dict[str, float]] = []
         self.consecutive_nonfinite = 0
         self.nonfinite_steps = 0
         self.output_dir = Path(cfg.logging.output_dir)
@@ -709,10 +710,17 @@ class GRPOTrainer:
         out["grad_norm"] = grad_norm_value
         return out
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """Runs ``ppo_epochs`` x ``mini_batches`` optimiser steps on ``batch``; returns means."""
+    def update(self, batch: RolloutBatch, max_updates: int | None = None) -> dict[str, float]:
+        """Runs ``ppo_epochs`` x ``mini_batches`` optimiser steps on ``batch`` (at most
+        ``max_updates`` of them); returns their means.
+
+        Each optimiser step's own metrics are kept in ``self.last_updates`` (one dict per step,
+        in order), for callers that log per optimiser step.
+        """
         cfg = self.config.algorithm
         collected: dict[str, list[float]] = {}
+        self.last_updates = []
+        budget = cfg.ppo_epochs * cfg.mini_batches if max_updates is None else max_updates
         generator = torch.Generator().manual_seed(
             self.config.optim.seed * 1_000_003 + self.step * 101 + self.accelerator.process_index
         )
@@ -722,7 +730,11 @@ class GRPOTrainer:
                 mini = batch.select(chunk) if len(chunk) else batch.select(order[:1])
                 if not len(chunk):
                     mini.completion_mask = torch.zeros_like(mini.completion_mask)
-                for key, value in self._update(mini).items():
+                if len(self.last_updates) >= budget:
+                    break
+                result = self._update(mini)
+                self.last_updates.append(result)
+                for key, value in result.items():
                     collected.setdefault(key, []).append(value)
         out = {k: sum(v) / len(v) for k, v in collected.items() if k != "nonfinite"}
         out["nonfinite_updates"] = float(sum(collected.get("nonfinite", [])))
@@ -730,9 +742,11 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train_step(self) -> dict[str, float]:
-        """Runs one RL step (rollout + updates); returns its metrics (same on every process)."""
+    def train_step(self, max_updates: int | None = None) -> dict[str, float]:
+        """Runs one RL step (rollout + updates, at most ``max_updates`` optimiser steps);
+        returns its metrics (the same on every process)."""
         start = time.perf_counter()
+        self.last_updates = []
         batch, metrics, examples = self.rollout()
         rollout_s = time.perf_counter() - start
         if batch is None:
@@ -742,7 +756,7 @@ class GRPOTrainer:
             )
         else:
             update_start = time.perf_counter()
-            metrics.update(self.update(batch))
+            metrics.update(self.update(batch, max_updates))
             metrics["time/update_s"] = time.perf_counter() - update_start
             tokens = self._sum([float(batch.attention_mask.sum())])[0]
             metrics["tokens_per_s"] = (
