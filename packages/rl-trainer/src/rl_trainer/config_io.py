@@ -445,9 +445,15 @@ def _merged(old: Any, new: Any, path: KeyPath) -> Any:
 
 
 def load_config(
-    cls: type[T], path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
+    cls: type[T],
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base_files: Sequence[str | os.PathLike[str]] = (),
 ) -> T:
     """Returns ``cls`` built from its defaults, then the YAML file ``path``, then ``overrides``.
+
+    ``base_files`` (e.g. a preset) are merged in order between the defaults and ``path``.
 
     The file must hold a mapping at the top level (an empty file sets nothing); overrides are
     ``key.sub=value`` strings applied in order (see :func:`parse_overrides`). Raises
@@ -460,6 +466,13 @@ def load_config(
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
     data = _defaults(cls)
+    for base in base_files:
+        base_data, base_lines = _read_yaml(Path(base))
+        try:
+            data = _merged(data, base_data, ())
+        except ConfigError as exc:
+            where = _file_where(Path(base), base_lines, exc.path)
+            raise ConfigError(exc.problem, exc.path, where) from None
     file = None if path is None else Path(path)
     lines: dict[tuple[str, ...], int] = {}
     if file is not None:

@@ -1,0 +1,1 @@
+"""bandpo_train."""

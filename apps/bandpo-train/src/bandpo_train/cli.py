@@ -1,0 +1,98 @@
+"""``bandpo-train``: train (the default command), run the clipping study, list presets.
+
+bandpo-train                                   # the embedded default, a few minutes on CPU
+bandpo-train output_dir=runs/x max_steps=40    # any key=value override
+bandpo-train --preset bandpo-kl model.path=/models/Qwen2.5-1.5B data.path=dapo.parquet
+accelerate launch --multi_gpu --num_processes 2 -m bandpo_train output_dir=runs/ddp
+bandpo-train study --seeds 5                   # ppo vs clip_higher vs band on toy tasks
+bandpo-train presets                           # list presets and accelerate configs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: bandpo-train [--config FILE] [--preset NAME] [key=value ...]
+       bandpo-train study [--seeds N] [--steps N] [--out DIR] [--quick]
+       bandpo-train presets
+
+With no arguments: the embedded default (tiny model, 2-digit addition, supervised warm start,
+then BandPO) in runs/bandpo-train. Keys are rl-trainer's (model.*, data.*, rollout.*,
+algorithm.*, optim.*, logging.*, checkpoint.*, eval.*) plus task.*, warm_start.*, output_dir and
+max_steps (optimiser steps).
+"""
+
+
+def _split(argv: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
+    config = preset = None
+    rest: list[str] = []
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        for flag in ("--config", "-c", "--preset"):
+            if item == flag or item.startswith(flag + "="):
+                if "=" in item and item.startswith("--"):
+                    value = item.split("=", 1)[1]
+                elif items:
+                    value = items.pop(0)
+                else:
+                    raise ValueError(f"{flag} needs a value")
+                if flag == "--preset":
+                    preset = value
+                else:
+                    config = value
+                break
+        else:
+            if item.startswith("-") or "=" not in item:
+                raise ValueError(f"unexpected argument {item!r}; expected key=value overrides")
+            rest.append(item)
+    return config, preset, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bandpo-train`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args and args[0] == "presets":
+        from bandpo_train.config import available_presets, preset_path
+        from rl_trainer.configs import accelerate_configs
+
+        print("presets (--preset NAME):")
+        for name in available_presets():
+            print(f"  {name:18s} {preset_path(name)}")
+        print("accelerate configs (accelerate launch --config_file PATH -m bandpo_train ...):")
+        for name, path in accelerate_configs().items():
+            print(f"  {name:18s} {path}")
+        return 0
+    if args and args[0] == "study":
+        from bandpo_train.study import main as study_main
+
+        return study_main(args[1:])
+    from bandpo_train.config import load_app_config
+    from bandpo_train.run import train
+
+    try:
+        config_file, preset, overrides = _split(args)
+        config = load_app_config(config_file, overrides, preset=preset)
+        summary = train(config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bandpo-train: {err}", file=sys.stderr)
+        return 2
+    if summary.get("num_processes") is not None:
+        print(
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in ("num_processes", "optimizer_steps", "wall_s", "final", "eval")
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    return 0
