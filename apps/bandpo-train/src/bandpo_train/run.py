@@ -96,7 +96,8 @@ def train(config: AppConfig) -> dict[str, Any]:
     state = PartialState(cpu=not torch.cuda.is_available())
     out = Path(config.logging.output_dir)
     started = time.time()
-    if config.embedded:
+    embedded = config.embedded  # prepare_embedded fills model.path in
+    if embedded:
         if state.is_main_process:
             prepare_embedded(config, build=True)
         state.wait_for_everyone()
@@ -157,8 +158,8 @@ def train(config: AppConfig) -> dict[str, Any]:
         "device": str(acc.device),
         "distributed_type": str(acc.distributed_type),
         "dtype": str(next(trainer.model.parameters()).dtype),
-        "embedded": config.embedded,
-        "task": config.task.name if config.embedded else None,
+        "embedded": embedded,
+        "task": config.task.name if embedded else None,
         "rule": config.algorithm.rule,
         "rule_params": config.algorithm.rule_params,
         "optimizer_steps": done_updates,
