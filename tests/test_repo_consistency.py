@@ -22,10 +22,10 @@ def _ci_commands() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_quickstart_is_the_demo_and_the_test_command() -> None:
+def test_quickstart_is_the_training_app_and_the_test_command() -> None:
     commands = _quickstart_commands()
     assert len(commands) == 2, commands
-    assert commands[0] == "uv run band-ops-demo"
+    assert commands[0] == "uv run bandpo-train"
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
