@@ -16,7 +16,8 @@ import sys
 from collections.abc import Sequence
 
 USAGE = """usage: bandpo-train [--config FILE] [--preset NAME] [key=value ...]
-       bandpo-train study [--seeds N] [--steps N] [--out DIR] [--quick]
+       bandpo-train study [--seeds N] [--steps N] [--out DIR] [--tasks rare,control,addition]
+                          [--arms ppo,clip_higher,band_kl,band_tv] [--threads N] [--quick]
        bandpo-train presets
 
 With no arguments: the embedded default (tiny model, 2-digit addition, supervised warm start,
