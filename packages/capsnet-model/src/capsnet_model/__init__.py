@@ -1,0 +1,8 @@
+"""E2-Capsnet (Cao, Yao, An, arXiv 1912.02491) for facial expression recognition."""
+
+from capsnet_model import models as _models  # noqa: F401  (registers the models)
+from capsnet_model.registry import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "list_models", "register_model"]

@@ -1,0 +1,145 @@
+"""AU-aware attention maps (EAC-Net style) for E2-Capsnet.
+
+Twenty action-unit (AU) centres are placed on the face from its 68 iBUG landmarks (0-based
+indexing: jaw 0-16, right brow 17-21, left brow 22-26, nose 27-35, right eye 36-41, left eye
+42-47, outer lips 48-59, inner lips 60-67; "right" is the subject's right, the image left).
+Every centre paints a diamond ``max(0, 1 - 0.07 (|dx| + |dy|))`` on a 100x100 grid (it
+reaches zero 1/0.07 = 14.3 px away); overlapping diamonds are combined by maximum. The map is then
+resized to the network's input size. All values lie in [0, 1].
+
+Centres (index: where, AU it is meant to cover):
+
+====  ==========================================  ============
+0, 1  inner brow ends (21, 22)                    AU1
+2, 3  outer brow ends (17, 26)                    AU2
+4, 5  brow middles (19, 24)                       AU4
+6, 7  upper eyelid middles (37-38, 43-44)         AU5
+8, 9  cheeks: half an eye distance below each     AU6
+      eye centre
+10,11 lower eyelid middles (40-41, 46-47)         AU7
+12,13 sides of the nose (midpoints 29-31, 29-35)  AU9
+14,15 upper lip (50, 52)                          AU10
+16,17 lip corners (48, 54)                        AU12, AU15
+18    mouth centre (mean of 62 and 66)            AU25, AU26
+19    chin (midpoint of 57 and 8)                 AU17
+====  ==========================================  ============
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NUM_AU_CENTRES = 20
+MAP_SIZE = 100
+FALLOFF = 0.07
+
+
+def _mean(lm: np.ndarray, *idx: int) -> np.ndarray:
+    return lm[list(idx)].mean(axis=0)
+
+
+def au_centres_from_landmarks(landmarks68: np.ndarray) -> np.ndarray:
+    """The 20 AU centres (20, 2) as (x, y), in the coordinates of the (68, 2) landmarks."""
+    lm = np.asarray(landmarks68, dtype=np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"expected landmarks of shape (68, 2), got {lm.shape}")
+    right_eye = _mean(lm, *range(36, 42))
+    left_eye = _mean(lm, *range(42, 48))
+    eye_dist = float(np.linalg.norm(left_eye - right_eye))
+    down = np.array([0.0, 0.5 * eye_dist])
+    centres = [
+        lm[21],
+        lm[22],
+        lm[17],
+        lm[26],
+        lm[19],
+        lm[24],
+        _mean(lm, 37, 38),
+        _mean(lm, 43, 44),
+        right_eye + down,
+        left_eye + down,
+        _mean(lm, 40, 41),
+        _mean(lm, 46, 47),
+        _mean(lm, 29, 31),
+        _mean(lm, 29, 35),
+        lm[50],
+        lm[52],
+        lm[48],
+        lm[54],
+        _mean(lm, 62, 66),
+        _mean(lm, 57, 8),
+    ]
+    return np.stack(centres).astype(np.float32)
+
+
+def _resize(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if m.shape == hw:
+        return m
+    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0, 0]
+    return out.clamp_(0.0, 1.0).numpy()
+
+
+def au_attention_map(
+    centres: np.ndarray,
+    size: int = MAP_SIZE,
+    out_size: int | tuple[int, int] | None = None,
+    falloff: float = FALLOFF,
+) -> np.ndarray:
+    """Paint the AU attention map.
+
+    ``centres`` (N, 2) are (x, y) pixel positions on a ``size x size`` grid. Returns a float32
+    map (size, size) -- or resized (bilinear) to ``out_size`` -- with values in [0, 1]:
+    ``max_n max(0, 1 - falloff * (|x - x_n| + |y - y_n|))``.
+    """
+    c = np.asarray(centres, dtype=np.float32).reshape(-1, 2)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    if len(c) == 0:
+        m = np.zeros((size, size), dtype=np.float32)
+    else:
+        dist = np.abs(xs[None] - c[:, 0, None, None]) + np.abs(ys[None] - c[:, 1, None, None])
+        m = np.clip(1.0 - falloff * dist, 0.0, 1.0).max(axis=0).astype(np.float32)
+    return m if out_size is None else _resize(m, out_size)
+
+
+def mean_face_template() -> np.ndarray:
+    """Built-in approximate mean face: 68 iBUG landmarks (68, 2) in [0, 1] coordinates.
+
+    A synthetic, symmetric face for a tightly aligned crop (eyes at 40 % height, mouth at
+    78 %, chin at 95 %), built from ellipses and arcs; not fitted to any data set.
+    """
+    pts: list[tuple[float, float]] = []
+    for i in range(17):  # jaw: lower half of an ellipse, image left to image right
+        th = np.pi * (1.0 - i / 16.0)
+        pts.append((0.5 + 0.42 * np.cos(th), 0.45 + 0.50 * np.sin(th)))
+    for x0 in (0.18, 0.56):  # brows
+        for k in range(5):
+            pts.append((x0 + 0.26 * k / 4.0, 0.30 - 0.04 * np.sin(np.pi * k / 4.0)))
+    for k in range(4):  # nose bridge
+        pts.append((0.5, 0.40 + 0.06 * k))
+    for k in range(5):  # nose bottom
+        pts.append((0.42 + 0.04 * k, 0.63 + 0.02 * (1.0 - abs(k - 2) / 2.0)))
+    for cx in (0.31, 0.69):  # eyes: corner, two upper, corner, two lower
+        w, h, cy = 0.14, 0.05, 0.40
+        pts += [
+            (cx - w / 2, cy),
+            (cx - w / 6, cy - h / 2),
+            (cx + w / 6, cy - h / 2),
+            (cx + w / 2, cy),
+            (cx + w / 6, cy + h / 2),
+            (cx - w / 6, cy + h / 2),
+        ]
+    for n, rx, ry in ((12, 0.15, 0.06), (8, 0.10, 0.02)):  # outer then inner lips
+        for k in range(n):
+            th = np.pi + 2.0 * np.pi * k / n
+            pts.append((0.5 + rx * np.cos(th), 0.78 + ry * np.sin(th)))
+    return np.asarray(pts, dtype=np.float32)
+
+
+def template_attention_map(size: int | tuple[int, int] = 224) -> np.ndarray:
+    """AU attention map of the built-in mean face, resized to ``size``; values in [0, 1]."""
+    centres = au_centres_from_landmarks(mean_face_template() * MAP_SIZE)
+    return au_attention_map(centres, size=MAP_SIZE, out_size=size)
