@@ -1,0 +1,413 @@
+"""Data set loaders on tiny fixtures written in each data set's exact on-disk layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from capsnet_model.datasets import (
+    AFFECTNET_LABELS,
+    EXPRESSIONS,
+    FER2013_LABELS,
+    FOLDER_ALIASES,
+    RAFDB_LABELS,
+    DatasetError,
+    FERDataset,
+    FERSample,
+    load_affectnet,
+    load_dataset,
+    load_fer2013,
+    load_folder,
+    load_rafdb,
+)
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def write_image(path: Path, height: int = 20, width: int = 16, gray: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shape = (height, width) if gray else (height, width, 3)
+    assert cv2.imwrite(str(path), rng.integers(0, 256, shape, dtype=np.uint8))
+    return path
+
+
+def make_rafdb(root: Path, rows: list[tuple[str, int | str]], images: bool = True) -> Path:
+    basic = root / "basic"
+    label_file = basic / "EmoLabel" / "list_patition_label.txt"
+    label_file.parent.mkdir(parents=True)
+    (basic / "Image" / "aligned").mkdir(parents=True)
+    label_file.write_text("".join(f"{name} {label}\n" for name, label in rows))
+    if images:
+        for name, _ in rows:
+            write_image(basic / "Image" / "aligned" / f"{Path(name).stem}_aligned.jpg")
+    return label_file
+
+
+def fer_pixels(value: int = 7, count: int = 48 * 48) -> str:
+    return " ".join(str((value + i) % 256) for i in range(count))
+
+
+def make_fer2013(path: Path, rows: list[tuple[str, str, str]], spaced: bool = False) -> Path:
+    header = "emotion, pixels, Usage" if spaced else "emotion,pixels,Usage"
+    lines = [header] + [f"{e},{p},{u}" for e, p, u in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+AFFECTNET_HEADER = (
+    "subDirectory_filePath,face_x,face_y,face_width,face_height,"
+    "facial_landmarks,expression,valence,arousal"
+)
+
+
+def make_affectnet(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """rows: (relative image path, "x,y,w,h", expression)."""
+    lines = [AFFECTNET_HEADER]
+    for rel, box, expression in rows:
+        lines.append(f'{rel},{box},"1.0;2.0;3.0",{expression},0.5,-0.2')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def name_of(label: int) -> str:
+    return EXPRESSIONS[label]
+
+
+# --------------------------------------------------------------------------- label order
+
+
+def test_canonical_order_and_mappings_are_complete() -> None:
+    assert EXPRESSIONS == (
+        "neutral",
+        "happiness",
+        "sadness",
+        "surprise",
+        "fear",
+        "disgust",
+        "anger",
+    )
+    for mapping in (RAFDB_LABELS, FER2013_LABELS, AFFECTNET_LABELS):
+        assert sorted(mapping.values()) == sorted(EXPRESSIONS)
+    assert set(FOLDER_ALIASES.values()) == set(EXPRESSIONS)
+
+
+# --------------------------------------------------------------------------- RAF-DB
+
+
+def test_rafdb_labels_and_splits(tmp_path: Path) -> None:
+    rows: list[tuple[str, int | str]] = [
+        ("train_00001.jpg", 4),
+        ("train_00002.jpg", 1),
+        ("train_00003.jpg", 7),
+        ("test_0001.jpg", 6),
+        ("test_0002.jpg", 5),
+    ]
+    make_rafdb(tmp_path, rows)
+    train = load_rafdb(tmp_path, "train")
+    test = load_rafdb(tmp_path / "basic", "test")  # the basic folder itself works too
+    assert [name_of(label) for label in train.labels] == ["happiness", "surprise", "neutral"]
+    assert [name_of(label) for label in test.labels] == ["anger", "sadness"]
+    image, label = train[0]
+    assert image.dtype == np.uint8 and image.shape == (20, 16, 3)
+    assert name_of(label) == "happiness"
+    assert train.class_counts()["happiness"] == 1
+    assert list(train.class_counts()) == list(EXPRESSIONS)
+    assert sum(test.class_counts().values()) == 2
+
+
+def test_rafdb_bad_split_name(tmp_path: Path) -> None:
+    make_rafdb(tmp_path, [("train_00001.jpg", 4)])
+    with pytest.raises(ValueError, match="valid: train, test"):
+        load_rafdb(tmp_path, "val")
+
+
+def test_rafdb_missing_root_and_label_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="nowhere"):
+        load_rafdb(tmp_path / "nowhere", "train")
+    (tmp_path / "basic").mkdir()
+    with pytest.raises(DatasetError, match="list_patition_label.txt"):
+        load_rafdb(tmp_path, "train")
+
+
+def test_rafdb_missing_image_names_file_and_line(tmp_path: Path) -> None:
+    label_file = make_rafdb(tmp_path, [("train_00001.jpg", 4), ("train_00002.jpg", 3)])
+    (tmp_path / "basic" / "Image" / "aligned" / "train_00002_aligned.jpg").unlink()
+    with pytest.raises(DatasetError) as info:
+        load_rafdb(tmp_path, "train")
+    message = str(info.value)
+    assert "train_00002_aligned.jpg" in message and f"{label_file}, line 2" in message
+
+
+def test_rafdb_label_out_of_range(tmp_path: Path) -> None:
+    make_rafdb(tmp_path, [("train_00001.jpg", 4), ("train_00002.jpg", 8)])
+    with pytest.raises(DatasetError, match=r"line 2: label out of range"):
+        load_rafdb(tmp_path, "train")
+    ds = load_rafdb(tmp_path, "train", on_error="skip")
+    assert len(ds) == 1 and len(ds.skipped) == 1
+    assert ds.skip_reasons == {"label out of range": 1}
+
+
+def test_rafdb_unreadable_and_truncated_images(tmp_path: Path) -> None:
+    make_rafdb(tmp_path, [("train_00001.jpg", 4), ("train_00002.jpg", 3), ("train_00003.jpg", 2)])
+    aligned = tmp_path / "basic" / "Image" / "aligned"
+    (aligned / "train_00002_aligned.jpg").write_bytes(b"this is not a jpeg")
+    data = (aligned / "train_00003_aligned.jpg").read_bytes()
+    (aligned / "train_00003_aligned.jpg").write_bytes(data[: len(data) // 2])
+
+    # Without verification the bad files surface when the item is read.
+    lazy = load_rafdb(tmp_path, "train")
+    assert len(lazy) == 3
+    with pytest.raises(DatasetError, match=r"line 2: .*unreadable.*train_00002_aligned\.jpg"):
+        lazy[1]
+    with pytest.raises(DatasetError, match=r"line 3: truncated JPEG.*train_00003_aligned\.jpg"):
+        lazy[2]
+
+    with pytest.raises(DatasetError, match="train_00002_aligned.jpg"):
+        load_rafdb(tmp_path, "train", verify_images=True)
+    ds = load_rafdb(tmp_path, "train", verify_images=True, on_error="skip")
+    assert len(ds) == 1 and len(ds.skipped) == 2
+    assert ds.skip_reasons == {"bad image": 2}
+    assert "train_00003_aligned.jpg" in ds.skipped[1].reason
+
+
+def test_rafdb_empty_split(tmp_path: Path) -> None:
+    make_rafdb(tmp_path, [("train_00001.jpg", 4)])
+    with pytest.raises(DatasetError, match="empty split 'test'.*list_patition_label.txt"):
+        load_rafdb(tmp_path, "test")
+    # Everything skipped is an empty split too.
+    make_rafdb(tmp_path / "b", [("train_00001.jpg", 9)])
+    with pytest.raises(DatasetError, match=r"empty split 'train'.*1 rows skipped"):
+        load_rafdb(tmp_path / "b", "train", on_error="skip")
+
+
+def test_rafdb_malformed_row(tmp_path: Path) -> None:
+    label_file = make_rafdb(tmp_path, [("train_00001.jpg", 4)])
+    label_file.write_text("train_00001.jpg 4\nonly_one_token\n")
+    with pytest.raises(DatasetError, match=r"line 2: bad row"):
+        load_rafdb(tmp_path, "train")
+
+
+# --------------------------------------------------------------------------- FER2013
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_fer2013_labels_splits_and_gray_to_rgb(tmp_path: Path, spaced: bool) -> None:
+    csv_path = make_fer2013(
+        tmp_path / "fer2013.csv",
+        [
+            ("3", fer_pixels(1), "Training"),
+            ("0", fer_pixels(2), "PublicTest"),
+            ("6", fer_pixels(3), "PrivateTest"),
+        ],
+        spaced=spaced,
+    )
+    train = load_fer2013(csv_path, "train")
+    val = load_fer2013(csv_path, "val")
+    test = load_fer2013(csv_path, "test")
+    assert [name_of(x) for x in train.labels] == ["happiness"]
+    assert [name_of(x) for x in val.labels] == ["anger"]
+    assert [name_of(x) for x in test.labels] == ["neutral"]
+    image, _ = train[0]
+    assert image.shape == (48, 48, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[..., 0], image[..., 2])
+    assert image[0, 0, 0] == 1 and image[0, 1, 0] == 2
+
+
+def test_fer2013_bad_pixels_and_labels(tmp_path: Path) -> None:
+    csv_path = make_fer2013(
+        tmp_path / "fer.csv",
+        [
+            ("3", fer_pixels(), "Training"),
+            ("3", fer_pixels(count=2303), "Training"),
+            ("3", fer_pixels(count=2303) + " x", "Training"),
+            ("7", fer_pixels(), "Training"),
+            ("2", fer_pixels().replace("7", "700", 1), "Training"),
+        ],
+    )
+    with pytest.raises(DatasetError, match=r"fer\.csv, line 3: bad pixels: expected 2304"):
+        load_fer2013(csv_path, "train")
+    ds = load_fer2013(csv_path, "train", on_error="skip")
+    assert len(ds) == 1
+    assert [row.where.rsplit(" ", 1)[1] for row in ds.skipped] == ["3", "4", "5", "6"]
+    assert ds.skip_reasons == {"bad pixels": 3, "label out of range": 1}
+
+
+def test_fer2013_missing_file_column_and_bad_usage(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="missing.csv"):
+        load_fer2013(tmp_path / "missing.csv", "train")
+    bad = tmp_path / "nocol.csv"
+    bad.write_text("emotion,pixels\n3," + fer_pixels() + "\n")
+    with pytest.raises(DatasetError, match="lacks column.*Usage"):
+        load_fer2013(bad, "train")
+    csv_path = make_fer2013(tmp_path / "usage.csv", [("3", fer_pixels(), "Nonsense")])
+    with pytest.raises(DatasetError, match=r"usage\.csv, line 2: bad row: Usage 'Nonsense'"):
+        load_fer2013(csv_path, "train")
+    with pytest.raises(ValueError, match="valid: train, val, test"):
+        load_fer2013(csv_path, "training")
+
+
+def test_fer2013_empty_split(tmp_path: Path) -> None:
+    csv_path = make_fer2013(tmp_path / "fer.csv", [("3", fer_pixels(), "Training")])
+    with pytest.raises(DatasetError, match="empty split 'test'"):
+        load_fer2013(csv_path, "test")
+
+
+# --------------------------------------------------------------------------- AffectNet
+
+
+def test_affectnet_labels_crop_and_exclusions(tmp_path: Path) -> None:
+    images = tmp_path / "Manually_Annotated_Images"
+    write_image(images / "1" / "a.jpg", height=60, width=50)
+    write_image(images / "2" / "b.png", height=30, width=30, gray=True)
+    write_image(images / "3" / "c.jpg")
+    csv_path = make_affectnet(
+        tmp_path / "training.csv",
+        [
+            ("1/a.jpg", "10,5,20,30", "1"),
+            ("2/b.png", "0,0,30,30", "6"),
+            ("3/c.jpg", "0,0,10,10", "7"),
+            ("3/c.jpg", "0,0,10,10", "10"),
+        ],
+    )
+    ds = load_affectnet(csv_path, images, "train")
+    assert [name_of(x) for x in ds.labels] == ["happiness", "anger"]
+    assert ds.excluded == {"contempt": 1, "non-face": 1}
+    crop, label = ds[0]
+    assert crop.shape == (30, 20, 3) and name_of(label) == "happiness"
+    full = cv2.cvtColor(cv2.imread(str(images / "1" / "a.jpg")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(crop, full[5:35, 10:30])
+    gray, _ = ds[1]
+    assert gray.shape == (30, 30, 3)
+    assert ds.class_counts() == {**dict.fromkeys(EXPRESSIONS, 0), "happiness": 1, "anger": 1}
+
+
+def test_affectnet_bad_rows(tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    write_image(images / "1" / "a.jpg")
+    csv_path = make_affectnet(
+        tmp_path / "validation.csv",
+        [
+            ("1/a.jpg", "0,0,10,10", "0"),
+            ("1/missing.jpg", "0,0,10,10", "0"),
+            ("1/a.jpg", "0,0,10,10", "11"),
+            ("1/a.jpg", "0,0,-4,10", "2"),
+        ],
+    )
+    with pytest.raises(DatasetError, match=r"validation\.csv, line 3: missing image.*missing\.jpg"):
+        load_affectnet(csv_path, images)
+    ds = load_affectnet(csv_path, images, on_error="skip")
+    assert len(ds) == 1
+    assert ds.skip_reasons == {"missing image file": 1, "label out of range": 1, "bad face box": 1}
+    with pytest.raises(DatasetError, match="AffectNet image root directory not found"):
+        load_affectnet(csv_path, tmp_path / "nope")
+
+
+def test_affectnet_box_outside_image(tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    write_image(images / "a.jpg")
+    csv_path = make_affectnet(tmp_path / "t.csv", [("a.jpg", "500,500,10,10", "3")])
+    ds = load_affectnet(csv_path, images)
+    with pytest.raises(DatasetError, match=r"t\.csv, line 2: face box"):
+        ds[0]
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folder_aliases_case_and_splits(tmp_path: Path) -> None:
+    write_image(tmp_path / "train" / "Happy" / "1.jpg")
+    write_image(tmp_path / "train" / "ANGRY" / "2.png")
+    write_image(tmp_path / "train" / "sad" / "3.jpg", gray=True)
+    write_image(tmp_path / "train" / "surprised" / "4.jpg")
+    write_image(tmp_path / "train" / "neutral" / "5.jpg")
+    (tmp_path / "train" / "neutral" / "notes.txt").write_text("ignored")
+    write_image(tmp_path / "test" / "Fear" / "6.jpg")
+    train = load_folder(tmp_path, "train")
+    counts = train.class_counts()
+    assert counts == {
+        "neutral": 1,
+        "happiness": 1,
+        "sadness": 1,
+        "surprise": 1,
+        "fear": 0,
+        "disgust": 0,
+        "anger": 1,
+    }
+    assert len(load_folder(tmp_path, "test")) == 1
+    for i in range(len(train)):
+        image, _ = train[i]
+        assert image.shape == (20, 16, 3)
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    write_image(tmp_path / "train" / "contempt" / "1.jpg")
+    with pytest.raises(DatasetError, match="unknown expression folder.*contempt.*accepted.*happy"):
+        load_folder(tmp_path, "train")
+    with pytest.raises(DatasetError, match="split directory not found.*available: train"):
+        load_folder(tmp_path, "val")
+    (tmp_path / "empty" / "happy").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="empty split 'empty'"):
+        load_folder(tmp_path, "empty")
+    with pytest.raises(DatasetError, match="not found"):
+        load_folder(tmp_path / "absent", "train")
+
+
+def test_folder_skip_unreadable(tmp_path: Path) -> None:
+    write_image(tmp_path / "train" / "happy" / "1.jpg")
+    (tmp_path / "train" / "happy" / "2.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DatasetError, match=r"2\.png"):
+        load_folder(tmp_path, "train", verify_images=True)
+    ds = load_folder(tmp_path, "train", verify_images=True, on_error="skip")
+    assert len(ds) == 1 and ds.skipped[0].where.endswith("2.png")
+
+
+# --------------------------------------------------------------------------- dataset / dispatch
+
+
+def test_resize_transform_and_dataloader(tmp_path: Path) -> None:
+    write_image(tmp_path / "train" / "happy" / "1.jpg", height=40, width=30)
+    write_image(tmp_path / "train" / "disgust" / "2.jpg", height=10, width=12)
+
+    def to_tensor(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+    ds = load_folder(tmp_path, "train", image_size=24, transform=to_tensor)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    images, labels = next(iter(loader))
+    assert images.shape == (2, 3, 24, 24)
+    assert sorted(name_of(int(x)) for x in labels) == ["disgust", "happiness"]
+    rect = load_folder(tmp_path, "train", image_size=(16, 8))
+    assert rect[0][0].shape == (16, 8, 3)
+
+
+def test_in_memory_samples_and_bad_label() -> None:
+    gray = np.zeros((5, 6), dtype=np.uint8)
+    ds = FERDataset([FERSample(gray, 2, box=(1, 1, 3, 2))])
+    image, label = ds[0]
+    assert image.shape == (2, 3, 3) and label == 2
+    with pytest.raises(DatasetError, match="out of range"):
+        FERDataset([FERSample(gray, 7, where="mem")])
+
+
+def test_load_dataset_dispatch(tmp_path: Path) -> None:
+    make_rafdb(tmp_path / "raf", [("train_00001.jpg", 4), ("test_0001.jpg", 1)])
+    assert len(load_dataset("RAF-DB", tmp_path / "raf", "test")) == 1
+    csv_path = make_fer2013(tmp_path / "fer.csv", [("3", fer_pixels(), "PrivateTest")])
+    assert len(load_dataset("fer2013", csv_path, "test")) == 1
+    write_image(tmp_path / "img" / "a.jpg")
+    aff = make_affectnet(tmp_path / "aff.csv", [("a.jpg", "0,0,4,4", "5")])
+    ds = load_dataset("affectnet", aff, image_root=tmp_path / "img")
+    assert name_of(ds.labels[0]) == "disgust"
+    write_image(tmp_path / "folders" / "train" / "fear" / "a.jpg")
+    assert len(load_dataset("folder", tmp_path / "folders")) == 1
+    with pytest.raises(ValueError, match="valid: rafdb, fer2013, affectnet, folder"):
+        load_dataset("ckplus", tmp_path)
+    with pytest.raises(ValueError, match="image_root"):
+        load_dataset("affectnet", aff)
+    with pytest.raises(ValueError, match="on_error"):
+        load_dataset("folder", tmp_path / "folders", on_error="ignore")
