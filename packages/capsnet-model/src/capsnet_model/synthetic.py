@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-EXPRESSION_NAMES = ("neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger")
+from capsnet_model.datasets import EXPRESSIONS
+
+# The package's one canonical label order (defined with the data set mappings).
+EXPRESSION_NAMES = EXPRESSIONS
 
 
 @dataclass(frozen=True)
