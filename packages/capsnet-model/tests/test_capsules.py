@@ -19,10 +19,13 @@ from capsnet_model.capsules import (
 
 
 def test_squash_length_below_one_and_direction_kept() -> None:
-    s = torch.randn(64, 16) * torch.logspace(-3, 3, 64)[:, None]
+    generator = torch.Generator().manual_seed(0)
+    s = torch.randn(64, 16, generator=generator) * torch.logspace(-3, 3, 64)[:, None]
     v = squash(s)
     lengths = v.norm(dim=-1)
-    assert (lengths < 1).all()
+    # Below 1 in exact arithmetic; float32 rounds n^2 / (1 + n^2) to 1.0 once n is beyond ~1e4.
+    assert (lengths <= 1).all()
+    assert (lengths[s.norm(dim=-1) < 100] < 1).all()
     n = s.norm(dim=-1)
     torch.testing.assert_close(lengths, n**2 / (1 + n**2), rtol=1e-4, atol=1e-6)
     cos = torch.nn.functional.cosine_similarity(s, v, dim=-1)
