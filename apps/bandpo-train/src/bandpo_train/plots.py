@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import matplotlib
+
+from bandpo_train.records import read_metrics
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
@@ -23,17 +24,6 @@ PANELS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         (("approx_kl", "to the sampling policy (k3)"), ("kl_ref", "to the reference")),
     ),
 }
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Returns the records of a metrics.jsonl file (lines that do not parse are skipped)."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def plot_run(metrics: Path, out_dir: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from accelerate import PartialState
 
 from bandpo_train.config import AppConfig
 from bandpo_train.embedded import prepare_embedded
+from bandpo_train.records import read_metrics
 from rl_trainer import config_io
 from rl_trainer.trainer import GRPOTrainer
 
@@ -52,20 +53,6 @@ def check_launch_environment() -> None:
             "the accelerate config asks for fp16 mixed precision, which needs a GPU; this machine "
             "has none (use --mixed_precision no)"
         )
-
-
-def _read_metrics(path: Path, keep_until_rl_step: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if record.get("rl_step", 0) <= keep_until_rl_step:
-            kept.append(record)
-    return kept
 
 
 def update_lines(
@@ -107,7 +94,11 @@ def train(config: AppConfig) -> dict[str, Any]:
     trainer = GRPOTrainer(config)
     acc = trainer.accelerator
     metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, trainer.step) if acc.is_main_process else []
+    history = (
+        [r for r in read_metrics(metrics_path) if r.get("rl_step", 0) <= trainer.step]
+        if acc.is_main_process
+        else []
+    )
     done_updates = history[-1]["step"] if history else 0
     total = config.total_updates
     if acc.is_main_process:

@@ -77,6 +77,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bandpo_train.records import read_metrics
 from bandpo_train.study_stats import (  # noqa: F401  (re-exported for callers and tests)
     FINAL_FRACTION,
     LOW_BUCKET,
@@ -312,16 +313,6 @@ def run_one(settings: Settings, task: StudyTask, arm: Arm, seed: int) -> str:
 # analysis
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 def per_rl_step(records: Sequence[dict[str, Any]], key: str) -> list[float]:
     """Returns the first record's ``key`` of each RL step, in order (rollout metrics repeat
     over the optimiser steps of an RL step); NaN where missing."""
@@ -374,7 +365,7 @@ RESULT_FIELDS = [
 
 def analyse_run(directory: Path, task: StudyTask) -> dict[str, Any]:
     """Returns the per-run numbers (without the threshold, which needs every run of the task)."""
-    records = read_records(directory / "metrics.jsonl")
+    records = read_metrics(directory / "metrics.jsonl")
     summary = _read_json(directory / "run.json") or {}
     evaluation = _read_json(directory / "eval.json") or {}
     rewards = per_rl_step(records, "reward_mean")
