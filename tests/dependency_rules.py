@@ -90,7 +90,10 @@ RULES: dict[str, Rule] = {
         ),
         extras={"math": frozenset({"math-verify"})},
     ),
-    "capsnet-model": Rule(runtime=frozenset({"torch", "numpy", "albumentations", *OPENCV})),
+    # safetensors: checkpoints (DESIGN conventions); tqdm: the training progress bar.
+    "capsnet-model": Rule(
+        runtime=frozenset({"torch", "numpy", "albumentations", *OPENCV, "safetensors", "tqdm"})
+    ),
     "fer-export": Rule(
         runtime=frozenset({*ONNXRUNTIME, "onnx", "numpy", *OPENCV}),
         extras={"export": frozenset({"torch", "onnxscript", "capsnet-model"})},

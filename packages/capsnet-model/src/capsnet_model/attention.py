@@ -143,3 +143,21 @@ def template_attention_map(size: int | tuple[int, int] = 224) -> np.ndarray:
     """AU attention map of the built-in mean face, resized to ``size``; values in [0, 1]."""
     centres = au_centres_from_landmarks(mean_face_template() * MAP_SIZE)
     return au_attention_map(centres, size=MAP_SIZE, out_size=size)
+
+
+def landmark_attention_map(
+    landmarks68: np.ndarray, image_size: int | tuple[int, int], falloff: float = FALLOFF
+) -> np.ndarray:
+    """AU attention map of one face from its 68 landmarks, at the image's resolution.
+
+    ``landmarks68`` (68, 2) are (x, y) pixel positions in an image of ``image_size``
+    (``int`` or ``(height, width)``). The AU centres are mapped onto the 100x100 grid (each
+    axis scaled separately), painted there as in the paper, and the map is resized back to
+    (height, width). Values lie in [0, 1].
+    """
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    centres = au_centres_from_landmarks(landmarks68)
+    grid = centres * np.array([MAP_SIZE / w, MAP_SIZE / h], dtype=np.float32)
+    return au_attention_map(grid, size=MAP_SIZE, out_size=(h, w), falloff=falloff)

@@ -1,6 +1,8 @@
 """E2-Capsnet and its baselines, all registered in :mod:`capsnet_model.registry`.
 
-Every model's ``forward`` has the signature ``forward(image, attention=None)``: ``image``
+Every model has ``num_classes``, ``image_size`` (its input side in pixels) and
+``use_attention`` (whether it reads the AU map) attributes. Every model's ``forward`` has the
+signature ``forward(image, attention=None)``: ``image``
 (B, C, H, W), ``attention`` (B, 1, H, W) in [0, 1] or ``None``. Models that use the AU
 attention map fall back to the built-in mean-face template map when it is ``None``; models
 without attention ignore the argument. All return class scores (B, num_classes).
@@ -206,6 +208,9 @@ class VGGClassifier(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.use_attention = use_attention
         self.trunk = VGGTrunk(
             width, in_channels, attention_stages=ATTENTION_STAGES if use_attention else ()
         )
@@ -252,6 +257,9 @@ class CapsNet(nn.Module):
         softmax_over: SoftmaxOver = "output",
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.use_attention = False
         self.primary_caps = primary_caps
         self.primary_dim = primary_dim
         self.conv = nn.Sequential(nn.Conv2d(in_channels, conv_channels, 9), nn.ReLU(inplace=True))
