@@ -65,11 +65,25 @@ AFFECTNET_HEADER = (
 )
 
 
-def make_affectnet(path: Path, rows: list[tuple[str, str, str]]) -> Path:
-    """rows: (relative image path, "x,y,w,h", expression)."""
+def landmark_text(points: np.ndarray) -> str:
+    """AffectNet's facial_landmarks cell: 136 numbers, x1;y1;x2;y2;..."""
+    return ";".join(f"{v:.2f}" for v in np.asarray(points, np.float64).reshape(-1))
+
+
+def make_affectnet(
+    path: Path, rows: list[tuple[str, str, str]], landmarks: list[str] | None = None
+) -> Path:
+    """rows: (relative image path, "x,y,w,h", expression); landmarks: one cell per row
+    (default: 68 points spread over the box)."""
     lines = [AFFECTNET_HEADER]
-    for rel, box, expression in rows:
-        lines.append(f'{rel},{box},"1.0;2.0;3.0",{expression},0.5,-0.2')
+    for k, (rel, box, expression) in enumerate(rows):
+        if landmarks is not None:
+            marks = landmarks[k]
+        else:
+            x, y, w, h = (int(v) for v in box.split(","))
+            grid = np.stack([np.linspace(x, x + w - 1, 68), np.linspace(y, y + h - 1, 68)], 1)
+            marks = landmark_text(grid)
+        lines.append(f'{rel},{box},"{marks}",{expression},0.5,-0.2')
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -411,3 +425,68 @@ def test_load_dataset_dispatch(tmp_path: Path) -> None:
         load_dataset("affectnet", aff)
     with pytest.raises(ValueError, match="on_error"):
         load_dataset("folder", tmp_path / "folders", on_error="ignore")
+
+
+def test_affectnet_landmarks_follow_the_crop_and_resize(tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    write_image(images / "a.jpg", height=60, width=50)
+    points = np.stack([np.linspace(12, 28, 68), np.linspace(8, 30, 68)], 1)
+    csv_path = make_affectnet(
+        tmp_path / "t.csv",
+        [("a.jpg", "10,5,20,30", "1"), ("a.jpg", "10,5,20,30", "2")],
+        landmarks=[landmark_text(points), ""],
+    )
+    ds = load_affectnet(csv_path, images)
+    image, label, marks = ds.item_with_landmarks(0)
+    assert label == 1  # happiness
+    assert image.shape == (30, 20, 3) and marks is not None
+    np.testing.assert_allclose(marks, points - [10, 5], atol=0.01)  # into crop coordinates
+    assert ds.item_with_landmarks(1)[2] is None  # empty cell: no landmarks
+    resized = load_affectnet(csv_path, images, image_size=(60, 40))
+    image, _, marks = resized.item_with_landmarks(0)
+    assert image.shape == (60, 40, 3)
+    np.testing.assert_allclose(marks, (points - [10, 5]) * [2, 2], atol=0.02)
+
+
+@pytest.mark.parametrize("cell", ["1.0;2.0;3.0", ";".join(["x"] * 136), ";".join(["nan"] * 136)])
+def test_affectnet_bad_landmarks(tmp_path: Path, cell: str) -> None:
+    images = tmp_path / "img"
+    write_image(images / "a.jpg")
+    csv_path = make_affectnet(
+        tmp_path / "t.csv",
+        [("a.jpg", "0,0,10,10", "1")] * 2,
+        landmarks=[landmark_text(np.zeros((68, 2))), cell],
+    )
+    with pytest.raises(DatasetError, match=r"t\.csv, line 3: bad landmarks"):
+        load_affectnet(csv_path, images)
+    ds = load_affectnet(csv_path, images, on_error="skip")
+    assert len(ds) == 1 and ds.skip_reasons == {"bad landmarks": 1}
+
+
+def test_model_inputs_use_the_data_sets_own_landmarks(tmp_path: Path) -> None:
+    from capsnet_model.attention import (
+        landmark_attention_map,
+        mean_face_template,
+        template_attention_map,
+    )
+    from capsnet_model.data import FaceTensors, Preprocess
+
+    images = tmp_path / "img"
+    write_image(images / "a.jpg", height=60, width=50)
+    # A face that fills only the top-left quarter of the crop: its map differs from the template.
+    points = mean_face_template() * [10, 15] + [10, 5]
+    csv_path = make_affectnet(
+        tmp_path / "t.csv",
+        [("a.jpg", "10,5,20,30", "1"), ("a.jpg", "10,5,20,30", "1")],
+        landmarks=[landmark_text(points), ""],
+    )
+    items = FaceTensors(load_affectnet(csv_path, images), Preprocess(32), attention="landmarks")
+    _, attention, _ = items[0]
+    expected = landmark_attention_map(points - [10, 5], (30, 20))
+    expected = Preprocess(32).resize(expected)
+    # The CSV keeps two decimals of each coordinate, hence the tolerance.
+    np.testing.assert_allclose(attention[0].numpy(), expected, atol=2e-3)
+    assert np.abs(expected - template_attention_map(32)).max() > 0.5
+    _, fallback, _ = items[1]  # no landmarks in the row: the template map
+    np.testing.assert_allclose(fallback[0].numpy(), template_attention_map(32), atol=1e-6)
+    assert items.fallbacks == 1

@@ -107,12 +107,21 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     """Load the checkpoint's weights into an existing ``model``."""
     path = Path(path)
     state = st_load(path.read_bytes())
-    missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
+    target = unwrap(model)
+    own = target.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if shapes or (strict and (missing or unexpected)):  # checked before anything is copied
         raise ValueError(
-            f"{path} does not match the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+            f"{path} does not match the model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, shape mismatches (checkpoint vs model) {shapes[:5]}"
         )
+    target.load_state_dict(state, strict=False)
 
 
 def load_model(

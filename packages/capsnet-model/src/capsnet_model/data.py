@@ -122,8 +122,10 @@ class FaceTensors(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
 
     ``base[i]`` must return ``(image, label)`` with ``image`` an (H, W, 3) uint8 RGB array.
     ``attention``: ``"template"`` paints the built-in mean-face map (for aligned crops),
-    ``"landmarks"`` paints it from ``landmarks`` (falling back to the template for samples
-    without any; :attr:`fallbacks` counts them), ``"none"`` returns zeros (for models
+    ``"landmarks"`` paints it from ``landmarks`` -- or from the data set's own
+    (:meth:`~capsnet_model.datasets.FERDataset.item_with_landmarks`, e.g. AffectNet's) when
+    ``landmarks`` is None -- falling back to the template for samples without any
+    (:attr:`fallbacks` counts them), ``"none"`` returns zeros (for models
     without attention). ``augment`` (training only) moves the map with the image
     (``joint_attention=True``, the corrected behaviour) or leaves the map in place
     (``False``: the official code, which flipped the image alone).
@@ -144,8 +146,15 @@ class FaceTensors(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
             raise ValueError(
                 f"attention must be one of {', '.join(ATTENTION_SOURCES)}; got {attention!r}"
             )
-        if attention == "landmarks" and landmarks is None:
-            raise ValueError("attention='landmarks' needs landmarks= (a sequence or a callable)")
+        if (
+            attention == "landmarks"
+            and landmarks is None
+            and not hasattr(base, "item_with_landmarks")
+        ):
+            raise ValueError(
+                "attention='landmarks' needs landmarks= (a sequence or a callable such as a "
+                "detector) unless the data set carries landmarks (item_with_landmarks)"
+            )
         self.base = base
         self.preprocess = preprocess
         self.attention = attention
@@ -167,26 +176,35 @@ class FaceTensors(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         self.epoch = epoch
 
     def _landmarks(self, index: int, image: np.ndarray) -> np.ndarray | None:
-        assert self.landmarks is not None
+        if self.landmarks is None:  # the base data set carries them (e.g. AffectNet)
+            return self.base.item_with_landmarks(index)[2]  # type: ignore[attr-defined]
         if callable(self.landmarks):
             return self.landmarks(index, image)
         return self.landmarks[index]
 
-    def attention_map(self, index: int, image: np.ndarray) -> np.ndarray:
-        """The (S, S) map for item ``index`` whose base image is ``image`` (before resizing)."""
+    def attention_map(
+        self, index: int, image: np.ndarray, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The (S, S) map for item ``index`` whose base image is ``image`` (before resizing);
+        ``points``: its landmarks when already known."""
         if self.attention == "none":
             return self._zeros
         if self.attention == "landmarks":
-            points = self._landmarks(index, image)
+            if points is None:
+                points = self._landmarks(index, image)
             if points is not None:
                 return landmark_attention_map(points, image.shape[:2])
             self.fallbacks += 1
         return self._template
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image, label = self.base[index]
+        points = None
+        if self.attention == "landmarks" and self.landmarks is None:
+            image, label, points = self.base.item_with_landmarks(index)  # type: ignore[attr-defined]
+        else:
+            image, label = self.base[index]
         image = _check_image(image, f"item {index}: ")
-        att = self.preprocess.resize(self.attention_map(index, image))
+        att = self.preprocess.resize(self.attention_map(index, image, points))
         image = self.preprocess.resize(image)
         if self._augment is not None:
             self._augment.pipeline.set_random_seed(_item_seed(self.seed, self.epoch, index))
@@ -197,7 +215,7 @@ class FaceTensors(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
             else:
                 image, _ = self._augment(image)
         x = torch.from_numpy(self.preprocess.normalise(image))
-        m = torch.from_numpy(np.ascontiguousarray(att, dtype=np.float32))[None]
+        m = torch.from_numpy(np.array(att, dtype=np.float32, copy=True))[None]  # own memory
         return x, m, int(label)
 
 

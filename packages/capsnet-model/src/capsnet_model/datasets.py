@@ -135,6 +135,7 @@ class FERSample:
     """One example: an image file or an in-memory array, a canonical label, an optional box.
 
     ``box`` is ``(x, y, width, height)`` in pixels, cropped out when the image is loaded.
+    ``landmarks`` (68, 2), when known, are in the coordinates of the uncropped image.
     ``where`` names the origin (file, line) for error messages.
     """
 
@@ -142,6 +143,8 @@ class FERSample:
     label: int
     box: Box | None = None
     where: str = ""
+    #: 68 (x, y) landmarks in the full image's pixel coordinates (AffectNet ships them).
+    landmarks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,8 @@ class SkippedRow:
     """A row dropped under ``on_error="skip"``: where it came from (file, line) and why.
 
     ``reason`` reads ``"<category>: <detail>"``; the categories are ``missing image file``,
-    ``bad image``, ``label out of range``, ``bad pixels``, ``bad face box`` and ``bad row``.
+    ``bad image``, ``label out of range``, ``bad pixels``, ``bad face box``, ``bad landmarks``
+    and ``bad row``.
     """
 
     where: str
@@ -196,7 +200,8 @@ def read_image(path: Path) -> np.ndarray:
     return _to_rgb(image, bgr=True)
 
 
-def _crop(image: np.ndarray, box: Box, where: str) -> np.ndarray:
+def _crop_origin(image: np.ndarray, box: Box, where: str) -> tuple[int, int, int, int]:
+    """The box clipped to the image: (x0, y0, x1, y1)."""
     x, y, w, h = box
     height, width = image.shape[:2]
     x0, y0 = max(0, x), max(0, y)
@@ -205,7 +210,7 @@ def _crop(image: np.ndarray, box: Box, where: str) -> np.ndarray:
         raise DatasetError(
             f"{where}: face box {box} is empty or outside the {width}x{height} image"
         )
-    return image[y0:y1, x0:x1]
+    return x0, y0, x1, y1
 
 
 def _size_hw(image_size: ImageSize) -> tuple[int, int]:
@@ -218,8 +223,8 @@ def _size_hw(image_size: ImageSize) -> tuple[int, int]:
     return size
 
 
-def load_sample_image(sample: FERSample) -> np.ndarray:
-    """The sample's RGB ``uint8`` image, cropped to its box (no resize, no transform)."""
+def _load_cropped(sample: FERSample) -> tuple[np.ndarray, tuple[int, int]]:
+    """The sample's RGB image cropped to its box, and the crop's (x0, y0) in the full image."""
     if isinstance(sample.image, np.ndarray):
         image = _to_rgb(sample.image, bgr=False)
     else:
@@ -227,9 +232,16 @@ def load_sample_image(sample: FERSample) -> np.ndarray:
             image = read_image(sample.image)
         except DatasetError as exc:
             raise DatasetError(f"{sample.where}: {exc}" if sample.where else str(exc)) from exc
+    origin = (0, 0)
     if sample.box is not None:
-        image = _crop(image, sample.box, sample.where or str(sample.image))
-    return np.ascontiguousarray(image)
+        x0, y0, x1, y1 = _crop_origin(image, sample.box, sample.where or str(sample.image))
+        image, origin = image[y0:y1, x0:x1], (x0, y0)
+    return np.ascontiguousarray(image), origin
+
+
+def load_sample_image(sample: FERSample) -> np.ndarray:
+    """The sample's RGB ``uint8`` image, cropped to its box (no resize, no transform)."""
+    return _load_cropped(sample)[0]
 
 
 # --------------------------------------------------------------------------- dataset
@@ -271,16 +283,33 @@ class FERDataset(Dataset[tuple[Any, int]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label, _ = self.item_with_landmarks(index, apply_transform=True)
+        return image, label
+
+    def item_with_landmarks(
+        self, index: int, *, apply_transform: bool = False
+    ) -> tuple[Any, int, np.ndarray | None]:
+        """``(image, label, landmarks)``: the sample's 68 landmarks (or ``None``) moved into
+        the coordinates of the returned image (crop and resize applied; ``transform`` is not
+        applied unless asked, since it may move pixels the landmarks cannot follow)."""
         sample = self.samples[index]
-        image: Any = load_sample_image(sample)
+        cropped, origin = _load_cropped(sample)
+        image: Any = cropped
+        marks = None
+        if sample.landmarks is not None:
+            marks = sample.landmarks.astype(np.float32) - np.asarray(origin, np.float32)
         if self.image_size is not None:
             height, width = self.image_size
+            if marks is not None:
+                marks = marks * np.array(
+                    [width / image.shape[1], height / image.shape[0]], np.float32
+                )
             shrink = height * width < image.shape[0] * image.shape[1]
             interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
             image = cv2.resize(image, (width, height), interpolation=interp)
-        if self.transform is not None:
+        if apply_transform and self.transform is not None:
             image = self.transform(image)
-        return image, sample.label
+        return image, sample.label, marks
 
     @property
     def labels(self) -> list[int]:
@@ -326,11 +355,18 @@ class _Collector:
             raise DatasetError(f"{where}: {reason}")
         self.skipped.append(SkippedRow(where, reason))
 
-    def add_file(self, path: Path, label: int, where: str, box: Box | None = None) -> None:
+    def add_file(
+        self,
+        path: Path,
+        label: int,
+        where: str,
+        box: Box | None = None,
+        landmarks: np.ndarray | None = None,
+    ) -> None:
         if not path.is_file():
             self.error(where, f"missing image file: {path}")
             return
-        sample = FERSample(path, label, box, where)
+        sample = FERSample(path, label, box, where, landmarks)
         if self.verify_images:
             try:
                 load_sample_image(sample)
@@ -503,6 +539,17 @@ def load_fer2013(
     return out.finish("fer2013", split, path, transform=transform, image_size=image_size)
 
 
+def _parse_landmarks(text: str) -> np.ndarray | None:
+    """AffectNet ``facial_landmarks``: 136 numbers ``x1;y1;x2;y2;...`` -> (68, 2) or None."""
+    try:
+        values = [float(v) for v in text.replace(",", ";").split(";") if v.strip()]
+    except ValueError:
+        return None
+    if len(values) != 136 or not np.isfinite(values).all():
+        return None
+    return np.asarray(values, dtype=np.float32).reshape(68, 2)
+
+
 def load_affectnet(
     csv_path: str | Path,
     image_root: str | Path,
@@ -515,7 +562,9 @@ def load_affectnet(
 ) -> FERDataset:
     """AffectNet manual-annotation CSV (``training.csv`` / ``validation.csv`` layout).
 
-    Images are ``image_root/<subDirectory_filePath>``, cropped to the ``face_*`` box.
+    Images are ``image_root/<subDirectory_filePath>``, cropped to the ``face_*`` box. The
+    optional ``facial_landmarks`` column (68 ``x;y`` pairs in full-image pixels) is kept per
+    sample (see :meth:`FERDataset.item_with_landmarks`) for landmark-based AU attention.
     Expressions 0..6 are kept; 7..10 (contempt, none, uncertain, non-face) are left out and
     counted in ``dataset.excluded``. AffectNet ships one CSV per split, so ``split`` only
     labels the result (``None``, ``"train"``, ``"val"`` or ``"test"``).
@@ -554,7 +603,18 @@ def load_affectnet(
             if not rel:
                 out.error(where, "bad row: empty subDirectory_filePath")
                 continue
-            out.add_file(root / rel, label_index(AFFECTNET_LABELS[label]), where, box)
+            marks = None
+            raw_marks = (row.get("facial_landmarks") or "").strip()
+            if raw_marks:
+                marks = _parse_landmarks(raw_marks)
+                if marks is None:
+                    out.error(
+                        where,
+                        "bad landmarks: facial_landmarks must hold 136 numbers "
+                        "(68 x;y pairs separated by ';')",
+                    )
+                    continue
+            out.add_file(root / rel, label_index(AFFECTNET_LABELS[label]), where, box, marks)
     return out.finish("affectnet", split, path, transform=transform, image_size=image_size)
 
 

@@ -82,6 +82,10 @@ class Evaluation:
         present = [a for a in self.per_class_accuracy if a is not None]
         return float(np.mean(present)) if present else float("nan")
 
+    def __post_init__(self) -> None:
+        self.confusion = np.asarray(self.confusion, dtype=np.int64)
+        _check_confusion(self.confusion, self.labels)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_samples": self.num_samples,
@@ -261,7 +265,11 @@ def predict(
     device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class scores (N, C) and labels (N,) for every item, in order, in eval mode."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is not None:
+        dev = torch.device(device)
+    else:
+        first = next(iter(model.parameters()), None)
+        dev = first.device if first is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     scores: list[torch.Tensor] = []

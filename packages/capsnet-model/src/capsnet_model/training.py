@@ -175,6 +175,8 @@ class TrainResult:
     history: list[dict[str, Any]]
     val: Evaluation | None = None
     test: Evaluation | None = None
+    #: The selected model (best validation epoch), unwrapped, in eval mode.
+    model: nn.Module | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -645,6 +647,7 @@ def train(
         epochs_run=int(state["epoch"]),
         stop_reason=str(state["stop_reason"]),
         history=history,
+        model=model.eval(),
     )
     if val_data is not None:
         result.val = _evaluate(model, val_data, val_idx, cfg, ddp, device, labels)
