@@ -104,7 +104,7 @@ def test_routing_one_iteration_is_uniform_coupling() -> None:
     fast, _ = _pair("output")
     fast.iterations = 1
     u = squash(torch.randn(2, 50, 8))
-    u_hat = torch.einsum("jidk,bik->bjid", fast.weight, u)
+    u_hat = torch.einsum("ijdk,bik->bjid", fast.weight, u)
     torch.testing.assert_close(fast(u), squash(u_hat.sum(2) / 7))
 
 

@@ -292,6 +292,7 @@ def test_small_e2capsnet_learns_the_synthetic_faces(tmp_path: Path) -> None:
         cfg, SyntheticFaces(2100, seed=0), test_set=SyntheticFaces(350, seed=1), output_dir=tmp_path
     )
     assert result.test is not None
+    print(f"learning test: {result.test.summary()}, best epoch {result.best_epoch}")
     assert result.test.accuracy >= 0.90, result.test.summary()
     assert result.test.mean_class_accuracy >= 0.90
 

@@ -74,9 +74,12 @@ def _check_softmax_over(softmax_over: str) -> None:
 class DynamicRouting(nn.Module):
     """Routing by agreement (Sabour, Frosst, Hinton 2017), vectorised.
 
-    Transformation weights ``W`` have shape (J, I, D, K); the prediction vectors are
-    ``u_hat[b, j, i] = W[j, i] @ u[b, i]``. The routing logits ``b`` have shape (B, J, I): one
-    logit per (input, output) pair, not one per output coordinate. Each iteration computes
+    Transformation weights ``W`` have shape (I, J, D, K), input capsule first, so the
+    prediction vectors ``u_hat[b, j, i] = W[i, j] @ u[b, i]`` come from one batched matmul
+    over ``i`` that reads ``W`` in place (a (J, I, ...) layout makes the contraction copy the
+    whole weight on every forward, which dominates memory at batch 1). The routing logits
+    ``b`` have shape (B, J, I): one logit per (input, output) pair, not one per output
+    coordinate. Each iteration computes
     the coupling coefficients ``c = softmax(b)`` -- over the output capsules J (``"output"``,
     the paper's formulation) or over the input capsules I (``"input"``, as the official
     E2-Capsnet code does) -- then ``s_j = sum_i c_ij u_hat_j|i``, ``v_j = squash(s_j)`` and
@@ -107,11 +110,11 @@ class DynamicRouting(nn.Module):
         self.out_dim = out_dim
         self.iterations = iterations
         self.softmax_over: SoftmaxOver = softmax_over
-        self.weight = nn.Parameter(0.01 * torch.randn(out_caps, in_caps, out_dim, in_dim))
+        self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Route ``u`` (B, I, K) to output capsules (B, J, D)."""
-        u_hat = torch.einsum("jidk,bik->bjid", self.weight, u)  # (B, J, I, D)
+        u_hat = torch.einsum("ijdk,bik->bjid", self.weight, u)  # (B, J, I, D)
         logits = u_hat.new_zeros(u_hat.shape[:3])  # (B, J, I)
         dim = 1 if self.softmax_over == "output" else 2
         v = u_hat.new_zeros(u_hat.shape[0], self.out_caps, self.out_dim)  # (B, J, D)
@@ -137,7 +140,7 @@ class ReferenceRouting(nn.Module):
     Written the way many public PyTorch CapsNets do it: prediction vectors by a broadcast
     matmul, routing logits with a redundant trailing D axis (B, J, I, D) whose D entries are
     always equal, and full-shape temporaries every iteration. Same parameter name and shape
-    as :class:`DynamicRouting` (``weight``: (J, I, D, K)), so state dicts are interchangeable.
+    as :class:`DynamicRouting` (``weight``: (I, J, D, K)), so state dicts are interchangeable.
     """
 
     def __init__(
@@ -153,11 +156,12 @@ class ReferenceRouting(nn.Module):
         _check_softmax_over(softmax_over)
         self.iterations = iterations
         self.softmax_over: SoftmaxOver = softmax_over
-        self.weight = nn.Parameter(0.01 * torch.randn(out_caps, in_caps, out_dim, in_dim))
+        self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        w = self.weight.transpose(0, 1)  # (J, I, D, K)
         # (1, J, I, D, K) @ (B, 1, I, K, 1) -> (B, J, I, D, 1)
-        u_hat = (self.weight[None] @ u[:, None, :, :, None]).squeeze(-1)  # (B, J, I, D)
+        u_hat = (w[None] @ u[:, None, :, :, None]).squeeze(-1)  # (B, J, I, D)
         logits = torch.zeros_like(u_hat)  # (B, J, I, D)
         dim = 1 if self.softmax_over == "output" else 2
         outputs = torch.zeros_like(u_hat[:, :, :1, :])  # (B, J, 1, D)
