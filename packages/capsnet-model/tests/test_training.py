@@ -274,7 +274,7 @@ def test_small_e2capsnet_learns_the_synthetic_faces(tmp_path: Path) -> None:
     """Learning test. Seed 0; budget: 2100 synthetic 64 px faces (10 % held out for
     validation), 8 epochs of batch 32 with Adam 1e-3 and light augmentation, about 80 s on
     2 CPU cores. Threshold: test accuracy >= 0.90 on 350 unseen faces (chance: 0.14; the
-    reference run reached 0.997)."""
+    reference run reached 0.994)."""
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     cfg = TrainConfig(
         model="e2capsnet_small",
