@@ -53,35 +53,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from _common import cpu_snapshot, others_busy, pct, sync, time_steps
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from capsnet_model.capsules import DynamicRouting, ReferenceRouting, squash
 
 MiB = float(2**20)
-
-
-def cpu_snapshot() -> tuple[int, int, float] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat and this process's CPU seconds."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields), time.process_time()
-
-
-def others_busy(a: tuple[int, int, float] | None, b: tuple[int, int, float] | None) -> float | None:
-    """Fraction of all CPUs used by other processes between two snapshots."""
-    if a is None or b is None or b[1] == a[1]:
-        return None
-    own = (b[2] - a[2]) * os.sysconf("SC_CLK_TCK")
-    return max(0.0, (b[0] - a[0] - own) / (b[1] - a[1]))
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
 
 
 @dataclass
@@ -111,11 +89,6 @@ class CaseResult:
     others_busy: float | None = None  # other processes' CPU share while timing
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _clear_grads(layer: nn.Module, u: torch.Tensor) -> None:
     layer.zero_grad(set_to_none=True)
     u.grad = None
@@ -135,24 +108,6 @@ def make_step(
                 layer(u)
 
     return step
-
-
-def time_steps(
-    steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    """Per-step wall times in ms; the steps alternate within each repeat."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def saved_tensor_bytes(step: Callable[[], None], exclude: list[torch.Tensor]) -> int:
@@ -208,11 +163,11 @@ def cpu_peak_bytes(step: Callable[[], None]) -> tuple[int, bool]:
 
 def cuda_peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     """Peak allocated CUDA bytes during ``step`` above what was allocated before it."""
-    _sync(device)
+    sync(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     step()
-    _sync(device)
+    sync(device)
     return torch.cuda.max_memory_allocated(device) - base
 
 
@@ -256,7 +211,7 @@ def run_batch(args: argparse.Namespace, device: torch.device, batch: int) -> lis
     for mode, train in (("fwd", False), ("fwd+bwd", True)):
         steps = {name: make_step(layer, u, g, train) for name, layer in layers.items()}
         snap = cpu_snapshot()
-        times = time_steps(steps, device, args.warmup, args.repeats)
+        times = time_steps(steps, device, args.warmup, args.repeats, scale=1e3)
         busy = others_busy(snap, cpu_snapshot())
         impl: dict[str, ImplResult] = {}
         for name, layer in layers.items():
@@ -326,7 +281,7 @@ def print_report(cases: list[CaseResult], device: torch.device) -> None:
     for c in cases:
         print(
             f"{c.batch:>5} {c.mode:8} {_x(c.time_ratio):>8} {_x(c.peak_ratio):>9} "
-            f"{_x(c.saved_ratio):>10} {_pct(c.others_busy):>9}"
+            f"{_x(c.saved_ratio):>10} {pct(c.others_busy):>9}"
         )
     print("\nequality: max |fast - reference| (max |reference| in brackets)")
     for c in cases:
@@ -363,7 +318,7 @@ def main() -> None:
     time.sleep(1.0)
     snap1 = cpu_snapshot()
     busy = others_busy(snap0, snap1)
-    print(f"other processes' CPU use in the 1 s before the run: {_pct(busy)} of {os.cpu_count()}")
+    print(f"other processes' CPU use in the 1 s before the run: {pct(busy)} of {os.cpu_count()}")
     u_hat = args.in_caps * args.out_caps * args.out_dim * 4
     print(f"u_hat per sample: {u_hat / MiB:.3f} MiB (fp32); baseline: ReferenceRouting")
     cases: list[CaseResult] = []
@@ -371,7 +326,7 @@ def main() -> None:
         cases += run_batch(args, device, batch)
     print_report(cases, device)
     busy_during = others_busy(snap1, cpu_snapshot())
-    print(f"\nother processes' CPU use during the run: {_pct(busy_during)} of {os.cpu_count()}")
+    print(f"\nother processes' CPU use during the run: {pct(busy_during)} of {os.cpu_count()}")
     if busy_during is not None and busy_during > 0.1:
         print("WARNING: the CPU was shared during the run; times and ratios are unreliable")
     if args.json:

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from _common import cpu_snapshot, others_busy, pct, time_steps
 from torch import nn
 
 from capsnet_model import create_model
@@ -90,29 +91,6 @@ class ModeResult:
     others_busy: float | None = None  # other processes' CPU share while timing
 
 
-def cpu_snapshot() -> tuple[int, int, float] | None:
-    """(busy, total) jiffies of all CPUs from /proc/stat and this process's CPU seconds."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields), time.process_time()
-
-
-def others_busy(a: tuple[int, int, float] | None, b: tuple[int, int, float] | None) -> float | None:
-    """Fraction of all CPUs used by other processes between two snapshots."""
-    if a is None or b is None or b[1] == a[1]:
-        return None
-    own = (b[2] - a[2]) * os.sysconf("SC_CLK_TCK")
-    return max(0.0, (b[0] - a[0] - own) / (b[1] - a[1]))
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
-
-
 @dataclass
 class Ratio:
     """Images/s of a capsule model over the baseline's, same size, mode and batch."""
@@ -122,11 +100,6 @@ class Ratio:
     image_size: int
     batch: int
     ratio: float
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(name: str, size: Size, device: torch.device) -> nn.Module:
@@ -161,24 +134,6 @@ def make_infer_step(model: nn.Module, images: torch.Tensor) -> Callable[[], None
             model(images, None)
 
     return step
-
-
-def time_steps(
-    steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    """Per-step wall times in seconds; the models alternate step by step."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def bench_pair(
@@ -251,7 +206,7 @@ def main() -> None:
     time.sleep(1.0)
     snap1 = cpu_snapshot()
     busy = others_busy(snap0, snap1)
-    print(f"other processes' CPU use in the 1 s before the run: {_pct(busy)} of {os.cpu_count()}")
+    print(f"other processes' CPU use in the 1 s before the run: {pct(busy)} of {os.cpu_count()}")
     results: list[ModeResult] = []
     ratios: list[Ratio] = []
     for name in args.models:
@@ -280,7 +235,7 @@ def main() -> None:
     for r in results:
         print(
             f"{r.model:16s} {r.image_size:>4} {r.mode:5s} {r.batch:>5} "
-            f"{r.images_per_s:9.2f} {r.median_s * 1e3:9.1f} {_pct(r.others_busy):>9}"
+            f"{r.images_per_s:9.2f} {r.median_s * 1e3:9.1f} {pct(r.others_busy):>9}"
         )
     print(f"\nratios <model> / {BASELINE} images/s (< 1: slower than the baseline)")
     for q in ratios:
@@ -289,7 +244,7 @@ def main() -> None:
             f"({q.image_size} px, batch {q.batch}): {q.ratio:.3f}"
         )
     busy_during = others_busy(snap1, cpu_snapshot())
-    print(f"\nother processes' CPU use during the run: {_pct(busy_during)} of {os.cpu_count()}")
+    print(f"\nother processes' CPU use during the run: {pct(busy_during)} of {os.cpu_count()}")
     if busy_during is not None and busy_during > 0.1:
         print("WARNING: the CPU was shared during the run; times and ratios are unreliable")
     if args.json:
