@@ -1,0 +1,273 @@
+"""``fer-export``: export a capsnet-model checkpoint to ONNX, verify it, show its contract.
+
+    fer-export export CHECKPOINT -o model.onnx [--attention baked|input] [--opset 18]
+                      [--fp16] [--int8 --calib DIR|synthetic] [--calib-count N] [--no-verify]
+    fer-export verify model.onnx CHECKPOINT [--atol 1e-4] [--json]
+    fer-export info model.onnx [--json]
+
+``info`` needs neither torch nor capsnet-model; ``export`` and ``verify`` import them only
+when they run. Bad input (missing or wrong file) is one line on stderr and exit code 2; a
+failed verification is exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fer_export.contract import ContractError, ModelContract
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported in one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fer-export", description="Export FER models to ONNX and inspect the result."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("export", help="export a capsnet-model checkpoint to ONNX")
+    exp.add_argument("checkpoint", type=Path, help="capsnet-model .safetensors checkpoint")
+    exp.add_argument("-o", "--output", type=Path, required=True, help="destination .onnx")
+    exp.add_argument("--attention", choices=("baked", "input"), default="baked")
+    exp.add_argument("--opset", type=int, default=18)
+    exp.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx")
+    exp.add_argument("--int8", action="store_true", help="also write <output>.int8.onnx")
+    exp.add_argument(
+        "--calib",
+        default="synthetic",
+        help="int8 calibration: a folder of face crops or 'synthetic' (default)",
+    )
+    exp.add_argument("--calib-count", type=int, default=256, help="calibration faces")
+    exp.add_argument("--no-verify", action="store_true", help="skip the PyTorch/ORT check")
+
+    ver = sub.add_parser("verify", help="compare an ONNX file with its checkpoint")
+    ver.add_argument("onnx", type=Path)
+    ver.add_argument("checkpoint", type=Path)
+    ver.add_argument("--atol", type=float, default=1e-4)
+    ver.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    ver.add_argument("--json", action="store_true")
+
+    inf = sub.add_parser("info", help="print the FER contract stored in an ONNX file")
+    inf.add_argument("onnx", type=Path)
+    inf.add_argument("--json", action="store_true")
+    return parser
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise UsageError(f"{what} not found: {path}")
+
+
+def _variant(path: Path, tag: str) -> Path:
+    """``model.onnx`` -> ``model.<tag>.onnx`` next to it."""
+    return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx
+
+    _require_file(path, "ONNX file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise UsageError(f"{path} is not an ONNX file ({type(exc).__name__})") from exc
+
+
+def _quiet_exporter() -> None:
+    for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.2f} MB"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _require_file(args.checkpoint, "checkpoint")
+    if args.int8 and args.calib != "synthetic" and not Path(args.calib).is_dir():
+        raise UsageError(f"calibration folder not found: {args.calib}")
+    if args.calib_count <= 0:
+        raise UsageError(f"--calib-count must be positive, got {args.calib_count}")
+    _quiet_exporter()
+    import time
+
+    from fer_export.export import VerificationError, export_onnx, load_checkpoint, read_contract
+
+    try:
+        model, info = load_checkpoint(args.checkpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    attention = args.attention
+    if not getattr(model, "use_attention", False):
+        if attention == "input":
+            raise UsageError(f"{args.checkpoint} holds a model without attention: no 'input'")
+        attention = "none"
+    start = time.perf_counter()
+    try:
+        out = export_onnx(
+            model, args.output, info=info, attention=attention, opset=args.opset,
+            verify=not args.no_verify,
+        )  # fmt: skip
+    except VerificationError as exc:
+        print(f"fer-export: verification failed, nothing written: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"wrote {out} ({_size(out)}, {time.perf_counter() - start:.1f} s)")
+    if not (args.fp16 or args.int8):
+        return 0
+    from fer_export.quantize import (
+        agreement,
+        calibration_batches,
+        synthetic_batches,
+        to_fp16,
+        to_int8,
+    )
+
+    contract = read_contract(out)
+    # Held-out faces for the agreement figures: other synthetic faces than the calibration
+    # ones, or the calibration folder itself.
+    if args.calib == "synthetic":
+        held_out = list(synthetic_batches(contract, args.calib_count, 32, seed=7))
+    else:
+        held_out = list(calibration_batches(args.calib, contract, args.calib_count, 32))
+    if args.fp16:
+        half = to_fp16(out, _variant(out, "fp16"))
+        _report(half, agreement(out, half, held_out))
+    if args.int8:
+        calib = calibration_batches(args.calib, contract, args.calib_count, 32)
+        q = to_int8(out, _variant(out, "int8"), calib)
+        _report(q, agreement(out, q, held_out))
+    return 0
+
+
+def _report(path: Path, stats: dict[str, float]) -> None:
+    print(
+        f"wrote {path} ({_size(path)}, {stats['size_ratio']:.2f} x fp32): top-1 agreement "
+        f"{stats['top1_agreement']:.2%} on {int(stats['count'])} faces, max |diff| "
+        f"{stats['max_abs_diff']:.3g}"
+    )
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    _require_file(args.onnx, "ONNX file")
+    _require_file(args.checkpoint, "checkpoint")
+    _load_onnx(args.onnx)
+    _quiet_exporter()
+    from fer_export.export import VerificationError, load_checkpoint, verify_onnx
+
+    try:
+        model, _ = load_checkpoint(args.checkpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    try:
+        report = verify_onnx(args.onnx, model, batch_sizes=args.batch_sizes, atol=args.atol)
+    except VerificationError as exc:
+        if exc.report is None:
+            print(f"fer-export: {exc}", file=sys.stderr)
+        else:
+            print(json.dumps(exc.report.to_dict()) if args.json else exc.report.summary())
+        return 1
+    print(json.dumps(report.to_dict()) if args.json else report.summary())
+    return 0
+
+
+def _shape(value: Any) -> list[int | str]:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_param if d.dim_param else int(d.dim_value) for d in dims]
+
+
+def contract_summary(path: Path) -> dict[str, Any]:
+    """Everything ``fer-export info`` prints, as a JSON-able dict."""
+    import onnx
+
+    proto = _load_onnx(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        contract = ModelContract.from_metadata(meta, str(path))
+    except ContractError as exc:
+        raise UsageError(str(exc)) from exc
+
+    def io(values: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": v.name,
+                "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+                "shape": _shape(v),
+            }
+            for v in values
+        ]
+
+    return {
+        "file": str(path),
+        "size_bytes": path.stat().st_size,
+        "labels": list(contract.labels),
+        "input_size": contract.input_size,
+        "channel_order": contract.channel_order,
+        "pixel_scale": contract.pixel_scale,
+        "mean": list(contract.mean),
+        "std": list(contract.std),
+        "attention": contract.attention,
+        "score_kind": contract.score_kind,
+        "precision": contract.precision,
+        "face_margin": contract.face_margin,
+        "model": contract.model_name,
+        "model_version": contract.model_version,
+        "exporter": contract.exporter,
+        "opset": {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import},
+        "inputs": io(proto.graph.input),
+        "outputs": io(proto.graph.output),
+        "extra": contract.extra,
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = contract_summary(args.onnx)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key in ("inputs", "outputs"):
+            text = ", ".join(f"{v['name']} {v['dtype']} {v['shape']}" for v in value)
+        elif key == "size_bytes":
+            text = f"{value} ({value / 1e6:.2f} MB)"
+        elif isinstance(value, dict):
+            text = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        else:
+            text = str(value)
+        print(f"{key:<{width}}  {text}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 verification failed, 2 bad
+    input)."""
+    args = _parser().parse_args(argv)
+    handlers = {"export": _cmd_export, "verify": _cmd_verify, "info": _cmd_info}
+    try:
+        return handlers[args.command](args)
+    except (UsageError, FileNotFoundError, ContractError) as exc:
+        print(f"fer-export: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(
+            f"fer-export: error: {args.command} needs the export extra ({exc.name} missing): "
+            'pip install "fer-export[export]"',
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

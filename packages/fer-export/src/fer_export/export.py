@@ -1,0 +1,586 @@
+"""Export a FER model (E2-Capsnet and baselines) to one self-contained ONNX file.
+
+The graph is the inference ``forward`` only (eval mode; no reconstruction decoder, no
+training branches), traced with torch's dynamo exporter with a symbolic batch axis:
+
+* input ``image``: float32 ``(N, 3, S, S)``, normalised as the metadata says;
+* input ``attention`` (``attention="input"`` only): float32 ``(N, 1, S, S)`` in [0, 1];
+* output ``scores``: float32 ``(N, num_classes)``.
+
+The preprocessing contract (:class:`~fer_export.contract.ModelContract`) is written into the
+file's ``metadata_props``. The file is written to a temporary name in the destination folder,
+verified (:func:`verify_onnx`, PyTorch vs ONNX Runtime on CPU) and only then renamed, so a
+failed export never leaves a half-written or unverified file behind.
+
+Needs the ``export`` extra (torch, onnxscript, capsnet-model).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from fer_export.contract import (
+    ATTENTION_INPUT,
+    ATTENTION_MODES,
+    IMAGE_INPUT,
+    SCORES_OUTPUT,
+    ModelContract,
+)
+
+__all__ = [
+    "BatchCheck",
+    "VerificationError",
+    "VerifyReport",
+    "build_contract",
+    "export_onnx",
+    "exporter_versions",
+    "inference_module",
+    "load_checkpoint",
+    "verify_onnx",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+MIN_OPSET = 18
+#: Upper bound given to the exporter for the symbolic batch axis (the ONNX graph keeps a
+#: named dimension; the bound only constrains tracing).
+MAX_BATCH = 4096
+
+
+class VerificationError(RuntimeError):
+    """An exported file failed the ONNX checker or does not match the PyTorch model."""
+
+    def __init__(self, message: str, report: VerifyReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------------------------
+# The inference graph
+
+
+class _ImageOnly(nn.Module):
+    """``image (N, 3, S, S) -> scores (N, C)``; attention models use their template map."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(image, None)
+        return out
+
+
+class _ImageAndAttention(nn.Module):
+    """``image (N, 3, S, S), attention (N, 1, S, S) -> scores (N, C)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(image, attention)
+        return out
+
+
+def _uses_attention(model: nn.Module) -> bool:
+    return bool(getattr(model, "use_attention", False))
+
+
+def resolve_attention(model: nn.Module, attention: str) -> str:
+    """The attention mode to export ``model`` with.
+
+    ``"baked"`` on a model without attention becomes ``"none"`` (there is no map to bake);
+    ``"input"`` on such a model and ``"none"`` on an attention model are errors.
+    """
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    uses = _uses_attention(model)
+    name = type(model).__name__
+    if not uses:
+        if attention == "input":
+            raise ValueError(f"attention='input' but {name} has no attention (use_attention=False)")
+        return "none"
+    if attention == "none":
+        raise ValueError(
+            f"attention='none' but {name} uses an attention map: export it 'baked' or 'input'"
+        )
+    return attention
+
+
+def inference_module(model: nn.Module, attention: str) -> nn.Module:
+    """Wrap ``model`` so its only graph is the inference forward for ``attention`` mode.
+
+    The decoder of capsule models is never called by ``forward``, so it is not traced; the
+    wrapper is put in eval mode (batch norm uses running statistics).
+    """
+    mode = resolve_attention(model, attention)
+    wrapper = _ImageAndAttention(model) if mode == "input" else _ImageOnly(model)
+    return wrapper.eval()
+
+
+def _image_size(model: nn.Module) -> int:
+    size = getattr(model, "image_size", None)
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"{type(model).__name__} has no positive integer image_size attribute")
+    return size
+
+
+def default_example_inputs(
+    model: nn.Module, attention: str, batch: int = 2, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Random example inputs at the model's size: ``image (batch, 3, S, S)`` and, for
+    ``attention="input"``, ``attention (batch, 1, S, S)`` in [0, 1]."""
+    size = _image_size(model)
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, 3, size, size, generator=gen)
+    if resolve_attention(model, attention) == "input":
+        return image, torch.rand(batch, 1, size, size, generator=gen)
+    return (image,)
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata
+
+
+def exporter_versions() -> dict[str, str]:
+    """Versions of the tools that produce the file (torch, onnx, onnxscript, ...)."""
+    import fer_export
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__}
+    for module in ("onnxscript", "onnxruntime", "capsnet_model"):
+        try:
+            versions[module] = str(__import__(module).__version__)
+        except (ImportError, AttributeError):
+            versions[module] = "unknown"
+    versions["fer_export"] = fer_export.__version__
+    return versions
+
+
+def _score_kind(model: nn.Module) -> str:
+    if hasattr(model, "forward_capsules") and not getattr(model, "length_softmax", False):
+        return "capsule_length"
+    return "logit"
+
+
+def template_au_centres() -> tuple[tuple[float, float], ...]:
+    """The mean-face template's 20 AU centres (x, y) on the ``MAP_SIZE`` grid."""
+    from capsnet_model.attention import MAP_SIZE, au_centres_from_landmarks, mean_face_template
+
+    centres = np.asarray(au_centres_from_landmarks(mean_face_template() * MAP_SIZE), np.float64)
+    return tuple((float(x), float(y)) for x, y in centres.reshape(-1, 2))
+
+
+def build_contract(
+    model: nn.Module,
+    attention: str,
+    *,
+    info: Any = None,
+    labels: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    face_margin: float = 0.15,
+) -> ModelContract:
+    """The :class:`ModelContract` for ``model`` exported in ``attention`` mode.
+
+    Explicit ``labels``/``mean``/``std`` win over the checkpoint ``info``
+    (:class:`capsnet_model.checkpoint.ModelInfo`), which wins over the defaults
+    (``capsnet_model.datasets.EXPRESSIONS``, ImageNet statistics).
+    """
+    import capsnet_model
+    from capsnet_model.attention import FALLOFF, MAP_SIZE
+    from capsnet_model.datasets import EXPRESSIONS
+
+    mode = resolve_attention(model, attention)
+    size = _image_size(model)
+    pre = getattr(info, "preprocess", None)
+    if pre is not None and int(pre.image_size) != size:
+        raise ValueError(
+            f"checkpoint preprocessing is {pre.image_size} px but the model takes {size} px"
+        )
+    chosen_labels = tuple(labels or (getattr(info, "labels", None) or EXPRESSIONS))
+    num_classes = getattr(model, "num_classes", None)
+    if isinstance(num_classes, int) and num_classes != len(chosen_labels):
+        raise ValueError(
+            f"{len(chosen_labels)} labels {list(chosen_labels)} for a model with "
+            f"{num_classes} classes"
+        )
+    m = tuple(mean) if mean is not None else (tuple(pre.mean) if pre else IMAGENET_MEAN)
+    s = tuple(std) if std is not None else (tuple(pre.std) if pre else IMAGENET_STD)
+    if len(m) != 3 or len(s) != 3:
+        raise ValueError(f"mean and std need 3 values, got {m}, {s}")
+    extra: dict[str, Any] = {"model_class": type(model).__name__}
+    if info is not None:
+        extra["model_kwargs"] = dict(getattr(info, "kwargs", {}) or {})
+        extra["attention_source"] = str(getattr(info, "attention", ""))
+        if getattr(info, "extra", None):
+            extra["checkpoint"] = dict(info.extra)
+    return ModelContract(
+        labels=tuple(str(v) for v in chosen_labels),
+        input_size=size,
+        mean=(float(m[0]), float(m[1]), float(m[2])),
+        std=(float(s[0]), float(s[1]), float(s[2])),
+        attention=mode,
+        score_kind=_score_kind(model),
+        model_name=str(getattr(info, "name", "") or type(model).__name__),
+        model_version=str(capsnet_model.__version__),
+        precision="fp32",
+        face_margin=face_margin,
+        au_centres=template_au_centres() if mode != "none" else (),
+        au_grid=int(MAP_SIZE),
+        au_falloff=float(FALLOFF),
+        exporter=exporter_versions(),
+        extra=extra,
+    )
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace every ``fer.*`` entry of ``proto.metadata_props`` with ``metadata``."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("fer.")]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *sorted(metadata.items())]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def strip_debug_info(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debug metadata (FX node text, module paths, stack
+    traces): about 0.1 MB on a small model, and it names local source files."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]:
+        del value.metadata_props[:]
+
+
+def read_contract(path: str | Path) -> ModelContract:
+    """The contract stored in an ONNX file (weights not loaded)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return ModelContract.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write_model(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Serialise ``proto`` to one file (no external data) via a temporary file + rename."""
+    path = Path(path)
+    data = proto.SerializeToString()  # raises ValueError past protobuf's 2 GB limit
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, Any]:
+    """``capsnet_model.checkpoint.load_model`` with errors naming the file.
+
+    Raises :class:`FileNotFoundError` for a missing file and :class:`ValueError` for a file
+    that is not a capsnet-model checkpoint.
+    """
+    from capsnet_model.checkpoint import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    model, info = load_model(path)
+    return model, info
+
+
+def _check_graph(proto: onnx.ModelProto, inputs: Sequence[str], where: str) -> None:
+    graph = proto.graph
+    got_in = [i.name for i in graph.input]
+    got_out = [o.name for o in graph.output]
+    if got_in != list(inputs) or got_out != [SCORES_OUTPUT]:
+        raise VerificationError(
+            f"{where}: graph inputs {got_in} / outputs {got_out}, expected {list(inputs)} / "
+            f"{[SCORES_OUTPUT]}"
+        )
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not dims or dims[0].HasField("dim_value") or not dims[0].dim_param:
+            raise VerificationError(f"{where}: batch axis of {value.name!r} is not symbolic")
+
+
+def export_onnx(
+    model: nn.Module | str | Path,
+    path: str | Path,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    *,
+    info: Any = None,
+    attention: str = "baked",
+    opset: int = MIN_OPSET,
+    labels: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    face_margin: float = 0.15,
+    verify: bool = True,
+    batch_sizes: Sequence[int] = (1, 4),
+    atol: float = 1e-4,
+) -> Path:
+    """Export ``model`` (a module or a checkpoint path) to one ONNX file at ``path``.
+
+    Args:
+        model: an ``nn.Module`` (``num_classes``, ``image_size``, ``use_attention``
+            attributes) or a ``.safetensors`` checkpoint written by capsnet-model (its
+            :class:`ModelInfo` then supplies labels and preprocessing).
+        path: destination ``.onnx``; written atomically, replaced only after verification.
+        example_inputs: tracing inputs with batch >= 2 (``image (B, 3, S, S)`` and for
+            ``attention="input"`` ``attention (B, 1, S, S)``); default random, batch 2.
+        info: a ``ModelInfo`` for a module (labels, preprocessing, kwargs in the metadata).
+        attention: ``"baked"`` (template map inside the graph, input ``image``), ``"input"``
+            (inputs ``image``, ``attention``) or ``"none"``; ``"baked"`` on a model without
+            attention exports ``"none"``.
+        opset: ONNX opset (>= 18).
+        labels, mean, std, face_margin: override the contract's values.
+        verify: run :func:`verify_onnx` (batch sizes ``batch_sizes``, tolerance ``atol``)
+            before the file is moved into place.
+
+    Returns the written path. Raises :class:`VerificationError` (nothing written) when the
+    graph fails the checker or does not match PyTorch, ``ValueError`` for bad arguments.
+    """
+    path = Path(path)
+    if isinstance(model, (str, Path)):
+        model, loaded = load_checkpoint(model)
+        info = info if info is not None else loaded
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module or a checkpoint path, got {type(model)}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET} (dynamo exporter), got {opset}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    mode = resolve_attention(model, attention)
+    was_training = model.training
+    model.eval()
+    try:
+        wrapper = inference_module(model, mode)
+        args = (
+            tuple(example_inputs)
+            if example_inputs is not None
+            else default_example_inputs(model, mode)
+        )
+        names = [IMAGE_INPUT, ATTENTION_INPUT] if mode == "input" else [IMAGE_INPUT]
+        if len(args) != len(names):
+            raise ValueError(f"attention={mode!r} takes {len(names)} example inputs ({names})")
+        if args[0].ndim != 4 or args[0].shape[0] < 2:
+            raise ValueError(
+                f"example image must be (B, 3, S, S) with B >= 2 (a batch of 1 would be "
+                f"specialised), got {tuple(args[0].shape)}"
+            )
+        contract = build_contract(
+            model, mode, info=info, labels=labels, mean=mean, std=std, face_margin=face_margin
+        )
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        with torch.no_grad():
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                input_names=names,
+                output_names=[SCORES_OUTPUT],
+                dynamic_shapes=tuple({0: batch} for _ in names),
+                opset_version=opset,
+                external_data=False,
+                optimize=True,
+            )
+        if program is None:  # only the legacy exporter returns None
+            raise RuntimeError("torch.onnx.export returned no ONNXProgram")
+        proto = program.model_proto
+        _check_graph(proto, names, str(path))
+        strip_debug_info(proto)
+        set_metadata(proto, contract.to_metadata())
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            atomic_write_model(proto, tmp)
+            if verify:
+                verify_onnx(tmp, model, batch_sizes=batch_sizes, atol=atol)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        model.train(was_training)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+
+
+@dataclass
+class BatchCheck:
+    """PyTorch vs ONNX Runtime at one batch size."""
+
+    batch: int
+    max_abs_diff: float
+    #: Fraction of rows with the same top-1 class.
+    argmax_agreement: float
+    #: Rows whose top-1 differs although the reference's top-1/top-2 margin exceeds atol.
+    argmax_mismatches: int
+    finite: bool
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_onnx` measured; ``passed`` when every check held."""
+
+    path: str
+    atol: float
+    checker_ok: bool = False
+    batches: list[BatchCheck] = field(default_factory=list)
+    zero_input_finite: bool = False
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.checker_ok and self.zero_input_finite and not self.problems
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((b.max_abs_diff for b in self.batches), default=float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["passed"] = self.passed
+        out["max_abs_diff"] = self.max_abs_diff
+        return out
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {'PASSED' if self.passed else 'FAILED'} (atol {self.atol:g})"]
+        lines.append(f"  onnx checker (full): {'ok' if self.checker_ok else 'failed'}")
+        for b in self.batches:
+            lines.append(
+                f"  batch {b.batch:>4}: max |diff| {b.max_abs_diff:.3g}, "
+                f"top-1 agreement {b.argmax_agreement:.1%}, finite {b.finite}"
+            )
+        lines.append(f"  all-zero input finite: {self.zero_input_finite}")
+        lines.extend(f"  problem: {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _torch_scores(model: nn.Module, feeds: dict[str, np.ndarray], mode: str) -> np.ndarray:
+    image = torch.from_numpy(feeds[IMAGE_INPUT])
+    with torch.no_grad():
+        if mode == "input":
+            out = model(image, torch.from_numpy(feeds[ATTENTION_INPUT]))
+        else:
+            out = model(image)
+    return np.asarray(out.detach().float().cpu().numpy())
+
+
+def verify_onnx(
+    path: str | Path,
+    model: nn.Module | str | Path,
+    *,
+    batch_sizes: Sequence[int] = (1, 4),
+    atol: float = 1e-4,
+    rtol: float = 1e-2,
+    seed: int = 0,
+) -> VerifyReport:
+    """Check ``path`` against ``model`` (a module or a checkpoint path); raise on failure.
+
+    Runs ``onnx.checker.check_model(full_check=True)``, then for each batch size ``N`` feeds
+    the same random ``image (N, 3, S, S)`` (standard normal; and ``attention (N, 1, S, S)``
+    uniform in [0, 1] for ``"input"`` files) to PyTorch and ONNX Runtime (CPU): the largest
+    absolute score difference must be <= ``atol`` and <= ``rtol`` times the largest reference
+    score (untrained capsule models give lengths ~1e-7, where atol alone proves nothing)
+    and the top-1 class must agree on every
+    row whose reference top-1/top-2 margin exceeds ``atol`` (exact ties are ambiguous). An
+    all-zero input must give finite scores. Returns the :class:`VerifyReport`; raises
+    :class:`VerificationError` (with ``.report``) when any check fails.
+    """
+    path = Path(path)
+    start = time.perf_counter()
+    if isinstance(model, (str, Path)):
+        model = load_checkpoint(model)[0]
+    model.eval()
+    report = VerifyReport(path=str(path), atol=atol)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        report.checker_ok = True
+    except Exception as exc:  # onnx raises ValidationError / InferenceError / others
+        report.problems.append(f"onnx checker: {str(exc).strip().splitlines()[0]}")
+        raise VerificationError(f"{path} fails the ONNX checker: {exc}", report) from exc
+
+    sess = _session(path)
+    inputs = [i.name for i in sess.get_inputs()]
+    mode = "input" if ATTENTION_INPUT in inputs else "baked"
+    size = _image_size(model)
+    rng = np.random.default_rng(seed)
+
+    def feeds_for(n: int, zero: bool = False) -> dict[str, np.ndarray]:
+        shape = (n, 3, size, size)
+        img = np.zeros(shape, np.float32) if zero else rng.standard_normal(shape, np.float32)
+        feeds = {IMAGE_INPUT: img}
+        if mode == "input":
+            att_shape = (n, 1, size, size)
+            feeds[ATTENTION_INPUT] = (
+                np.zeros(att_shape, np.float32) if zero else rng.random(att_shape, np.float32)
+            )
+        return feeds
+
+    for n in batch_sizes:
+        feeds = feeds_for(int(n))
+        want = _torch_scores(model, feeds, mode)
+        got = np.asarray(sess.run([SCORES_OUTPUT], feeds)[0])
+        if got.shape != want.shape:
+            report.problems.append(f"batch {n}: ONNX shape {got.shape} vs torch {want.shape}")
+            continue
+        finite = bool(np.isfinite(got).all())
+        diff = float(np.abs(got - want).max()) if finite else float("inf")
+        same = want.argmax(1) == got.argmax(1)
+        ordered = np.sort(want, axis=1)
+        margin = ordered[:, -1] - ordered[:, -2] if want.shape[1] > 1 else np.full(n, np.inf)
+        mismatches = int(((~same) & (margin > atol)).sum())
+        report.batches.append(BatchCheck(int(n), diff, float(same.mean()), mismatches, finite))
+        if not finite:
+            report.problems.append(f"batch {n}: non-finite ONNX scores")
+        elif diff > atol:
+            report.problems.append(f"batch {n}: max |torch - onnx| {diff:.3g} > atol {atol:g}")
+        elif diff > rtol * float(np.abs(want).max()):
+            report.problems.append(
+                f"batch {n}: max |torch - onnx| {diff:.3g} > {rtol:g} x max |score| "
+                f"{float(np.abs(want).max()):.3g}"
+            )
+        if mismatches:
+            report.problems.append(f"batch {n}: top-1 differs on {mismatches} of {n} rows")
+
+    zeros = np.asarray(sess.run([SCORES_OUTPUT], feeds_for(2, zero=True))[0])
+    report.zero_input_finite = bool(np.isfinite(zeros).all())
+    if not report.zero_input_finite:
+        report.problems.append("all-zero input gives NaN/inf scores")
+    report.seconds = time.perf_counter() - start
+    if not report.passed:
+        raise VerificationError(
+            f"{path} does not match the PyTorch model: " + "; ".join(report.problems), report
+        )
+    return report
