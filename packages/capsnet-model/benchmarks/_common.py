@@ -58,3 +58,22 @@ def time_steps(
             sync(device)
             times[name].append((time.perf_counter() - t0) * scale)
     return times
+
+
+def load_before() -> tuple[tuple[int, int, float] | None, float | None]:
+    """Print and return other processes' CPU share over the next second (and a snapshot)."""
+    snap0 = cpu_snapshot()
+    time.sleep(1.0)
+    snap1 = cpu_snapshot()
+    busy = others_busy(snap0, snap1)
+    print(f"other processes' CPU use in the 1 s before the run: {pct(busy)} of {os.cpu_count()}")
+    return snap1, busy
+
+
+def load_during(since: tuple[int, int, float] | None) -> float | None:
+    """Print other processes' CPU share since ``since`` and warn when it makes times unreliable."""
+    busy = others_busy(since, cpu_snapshot())
+    print(f"\nother processes' CPU use during the run: {pct(busy)} of {os.cpu_count()}")
+    if busy is not None and busy > 0.1:
+        print("WARNING: the CPU was shared during the run; times and ratios are unreliable")
+    return busy

@@ -45,15 +45,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from _common import cpu_snapshot, others_busy, pct, sync, time_steps
+from _common import cpu_snapshot, load_before, load_during, others_busy, pct, sync, time_steps
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -314,21 +312,14 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}; "
         f"warmup {args.warmup}, repeats {args.repeats}"
     )
-    snap0 = cpu_snapshot()
-    time.sleep(1.0)
-    snap1 = cpu_snapshot()
-    busy = others_busy(snap0, snap1)
-    print(f"other processes' CPU use in the 1 s before the run: {pct(busy)} of {os.cpu_count()}")
+    snap1, busy = load_before()
     u_hat = args.in_caps * args.out_caps * args.out_dim * 4
     print(f"u_hat per sample: {u_hat / MiB:.3f} MiB (fp32); baseline: ReferenceRouting")
     cases: list[CaseResult] = []
     for batch in args.batch:
         cases += run_batch(args, device, batch)
     print_report(cases, device)
-    busy_during = others_busy(snap1, cpu_snapshot())
-    print(f"\nother processes' CPU use during the run: {pct(busy_during)} of {os.cpu_count()}")
-    if busy_during is not None and busy_during > 0.1:
-        print("WARNING: the CPU was shared during the run; times and ratios are unreliable")
+    busy_during = load_during(snap1)
     if args.json:
         payload = {
             "config": {k: v for k, v in vars(args).items() if k != "json"},

@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from _common import cpu_snapshot, others_busy, pct, time_steps
+from _common import cpu_snapshot, load_before, load_during, others_busy, pct, time_steps
 from torch import nn
 
 from capsnet_model import create_model
@@ -202,11 +200,7 @@ def main() -> None:
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()} "
         f"(default), baseline {BASELINE} at the same width / image size / batch"
     )
-    snap0 = cpu_snapshot()
-    time.sleep(1.0)
-    snap1 = cpu_snapshot()
-    busy = others_busy(snap0, snap1)
-    print(f"other processes' CPU use in the 1 s before the run: {pct(busy)} of {os.cpu_count()}")
+    snap1, busy = load_before()
     results: list[ModeResult] = []
     ratios: list[Ratio] = []
     for name in args.models:
@@ -243,10 +237,7 @@ def main() -> None:
             f"  {q.model:16s} / {BASELINE} {q.mode:5s} "
             f"({q.image_size} px, batch {q.batch}): {q.ratio:.3f}"
         )
-    busy_during = others_busy(snap1, cpu_snapshot())
-    print(f"\nother processes' CPU use during the run: {pct(busy_during)} of {os.cpu_count()}")
-    if busy_during is not None and busy_during > 0.1:
-        print("WARNING: the CPU was shared during the run; times and ratios are unreliable")
+    busy_during = load_during(snap1)
     if args.json:
         payload = {
             "device": str(device),

@@ -42,7 +42,8 @@ from capsnet_model.synthetic import SyntheticFaces
 from fer_export import FERSession, export_onnx
 from fer_export.quantize import to_int8
 
-DEFAULT_REPEATS = {"e2capsnet_small": 30, "e2capsnet": 5}
+DEFAULT_REPEATS = {"e2capsnet_small": 30, "e2capsnet": 8}
+PAUSE_S = 1.0
 
 
 def timed(fn: Callable[[], Any], warmup: int, repeats: int, sync: bool) -> float:
@@ -94,9 +95,14 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
 
         sync = dev.type == "cuda"
         reps = max(2, repeats // max(1, batch // 8)) if batch > 8 else repeats
-        t_torch = timed(run_torch, args.warmup, reps, sync)
+        # One variant at a time, with a pause between: torch's OpenMP threads keep spinning
+        # for a while after a call and would slow an ONNX Runtime call made right after it.
         t_fp32 = timed(lambda x=x: s32.run(x), args.warmup, reps, False)
+        time.sleep(PAUSE_S)
         t_int8 = timed(lambda x=x: s8.run(x), args.warmup, reps, False)
+        time.sleep(PAUSE_S)
+        t_torch = timed(run_torch, args.warmup, reps, sync)
+        time.sleep(PAUSE_S)
         row = {
             "model": name,
             "px": size,

@@ -17,6 +17,7 @@ Needs the ``export`` extra (torch, onnxscript, capsnet-model).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -30,6 +31,7 @@ import onnx
 import torch
 from torch import nn
 
+from fer_export._io import atomic_write_bytes
 from fer_export.contract import (
     ATTENTION_INPUT,
     ATTENTION_MODES,
@@ -276,19 +278,7 @@ def read_contract(path: str | Path) -> ModelContract:
 
 def atomic_write_model(proto: onnx.ModelProto, path: str | Path) -> Path:
     """Serialise ``proto`` to one file (no external data) via a temporary file + rename."""
-    path = Path(path)
-    data = proto.SerializeToString()  # raises ValueError past protobuf's 2 GB limit
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, proto.SerializeToString())  # ValueError past 2 GB
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, Any]:
@@ -391,10 +381,13 @@ def export_onnx(
         )
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         with torch.no_grad():
+            # Quiet: no progress lines, no "torchvision is not installed" warnings.
+            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
             program = torch.onnx.export(
                 wrapper,
                 args,
                 dynamo=True,
+                verbose=False,
                 input_names=names,
                 output_names=[SCORES_OUTPUT],
                 dynamic_shapes=tuple({0: batch} for _ in names),

@@ -15,7 +15,6 @@ and copy the FER metadata with ``precision`` set. Neither needs torch.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from fer_export._io import atomic_write_bytes
 from fer_export.contract import ATTENTION_INPUT, IMAGE_INPUT, SCORES_OUTPUT, ModelContract
 
 __all__ = [
@@ -91,16 +91,7 @@ def _write(proto: onnx.ModelProto, path: Path, contract: ModelContract) -> Path:
     for key, value in [*keep, *sorted(contract.to_metadata().items())]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    data = proto.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 # --------------------------------------------------------------------------------------------
