@@ -103,11 +103,15 @@ def build_model(
 ModelFactory = Callable[..., Path]
 
 
+# Captured now: sys.modules["conftest"] is whichever package's conftest was imported last.
+_THIS_MODULE = sys.modules[__name__]
+
+
 @pytest.fixture(scope="session")
 def helpers() -> types.ModuleType:
     """This module (build_model, tiny_contract, expected_scores, draw_face...), so that tests
     need not import ``conftest`` by name (other packages have one too)."""
-    return sys.modules[__name__]
+    return _THIS_MODULE
 
 
 @pytest.fixture
