@@ -1,0 +1,257 @@
+"""The ``fer-edge`` command: ``run`` (images, folders, videos, cameras) and ``serve`` (HTTP).
+
+fer-edge run --model model.onnx --source photo.jpg
+fer-edge run --model model.onnx --source faces/ --out results.jsonl --annotate annotated/ --batch 8
+fer-edge run --model model.onnx --source clip.mp4 --annotate clip_annotated.mp4 --every 2
+fer-edge run --model model.onnx --source 0 --providers tensorrt --trt-fp16     # camera 0
+fer-edge serve --model model.onnx --host 0.0.0.0 --port 8000
+
+Exit status: 0 done (undecodable images are counted, not fatal), 2 bad arguments, a model that
+cannot be loaded (missing, corrupt, no FER metadata), an unavailable provider or a source that
+cannot be opened -- with one ``fer-edge: error: ...`` line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TextIO
+
+from fer_edge import __version__
+
+__all__ = ["build_parser", "main"]
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class UsageError(Exception):
+    """A problem reported as one line with exit status 2."""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="exported .onnx file (with fer.* metadata)")
+    p.add_argument(
+        "--providers",
+        default="auto",
+        choices=PROVIDER_CHOICES,
+        help="execution provider: auto = TensorRT > CUDA > CPU, the first that works "
+        "(default); an explicit one that cannot be used is an error",
+    )
+    p.add_argument(
+        "--faces",
+        default="detect",
+        choices=("detect", "whole"),
+        help="detect faces (Haar cascade) or treat the whole image as one face",
+    )
+    p.add_argument("--trt-fp16", action="store_true", help="let TensorRT use fp16 kernels")
+    p.add_argument(
+        "--trt-cache",
+        metavar="DIR",
+        help="TensorRT engine/timing cache folder (default <model>.trt_cache)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="N",
+        help="ONNX Runtime CPU threads (default: ORT's choice)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``run`` and ``serve`` subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog="fer-edge",
+        description="Facial expression recognition with an exported ONNX model (no torch).",
+    )
+    parser.add_argument("--version", action="version", version=f"fer-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,serve}")
+
+    run = sub.add_parser(
+        "run",
+        help="classify faces in an image, folder, video or camera",
+        description="Classify the faces of an image, a folder of images, a "
+        "video file or a camera; one JSON line per image/frame.",
+    )
+    _add_model_options(run)
+    run.add_argument(
+        "--source",
+        required=True,
+        metavar="PATH",
+        help="image, folder of images, video file, or camera index (0, 1...)",
+    )
+    run.add_argument("--out", metavar="FILE", help="JSON lines file (default: stdout)")
+    run.add_argument(
+        "--annotate",
+        metavar="OUT",
+        help="annotated output: an image file (image), a folder (folder) or a "
+        ".mp4/.avi video (video, camera)",
+    )
+    run.add_argument(
+        "--batch",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="images/frames whose faces go to the model in one call (default 1)",
+    )
+    run.add_argument("--max-frames", type=_positive, metavar="N", help="stop after N images/frames")
+    run.add_argument(
+        "--every",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="process every N-th image/frame only (default 1)",
+    )
+    run.add_argument("--recursive", action="store_true", help="include subfolders")
+    run.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP",
+        description="HTTP service: POST /predict, GET /health, /metadata, /metrics.",
+    )
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=8.0,
+        metavar="MB",
+        help="largest request body in MiB (default 8; larger: 413)",
+    )
+    serve.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        default=4,
+        metavar="N",
+        help="predictions running at once (default 4)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        metavar="N",
+        help="requests waiting for a worker before 503 (default 4 x concurrency)",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    return parser
+
+
+def _load_session(args: argparse.Namespace) -> Any:
+    """The FERSession for ``args``, or :class:`UsageError` with a one-line reason."""
+    from fer_export.contract import ContractError
+    from fer_export.runtime import FERSession, ModelLoadError, ProviderUnavailableError
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise UsageError(f"model file not found: {model}")
+    try:
+        return FERSession(
+            model,
+            args.providers,
+            trt_fp16=args.trt_fp16,
+            trt_cache_dir=args.trt_cache,
+            intra_op_threads=args.threads,
+        )
+    except (FileNotFoundError, ModelLoadError, ContractError, ProviderUnavailableError) as exc:
+        raise UsageError(str(exc)) from exc
+    except ValueError as exc:
+        raise UsageError(f"cannot load {model}: {exc}") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fer_edge.pipeline import run_source
+    from fer_edge.sources import SourceError, open_source
+
+    session = _load_session(args)
+    try:
+        source = open_source(args.source, recursive=args.recursive)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.annotate and source.kind == "folder" and Path(args.annotate).is_file():
+        raise UsageError(f"--annotate for a folder source must be a folder: {args.annotate}")
+    with ExitStack() as stack:
+        out: TextIO = sys.stdout
+        if args.out:
+            try:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                out = stack.enter_context(open(args.out, "w", encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.out}: {exc}") from exc
+        try:
+            summary = run_source(
+                session,
+                source,
+                out,
+                faces=args.faces,
+                batch=args.batch,
+                every=args.every,
+                max_frames=args.max_frames,
+                annotate=args.annotate,
+            )
+        except OSError as exc:
+            raise UsageError(str(exc)) from exc
+    print(summary.format(), file=sys.stderr)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fer_edge.server import create_app
+
+    if args.max_body_mb <= 0:
+        raise UsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    if args.max_queue is not None and args.max_queue < 0:
+        raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
+    session = _load_session(args)
+    app = create_app(
+        session,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        faces=args.faces,
+    )
+    print(
+        f"fer-edge: serving {session.path.name} ({session.contract.model_name or 'model'}, "
+        f"provider {session.provider}) on http://{args.host}:{args.port}",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fer-edge`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _serve(args)
+    except UsageError as exc:
+        print(f"fer-edge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fer-edge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``fer-train``: train, evaluate, export and verify a facial expression model in one run.
+
+fer-train                                      # the embedded default: synthetic faces, minutes
+fer-train output_dir=runs/x train.epochs=4     # any key=value override (dotted keys)
+fer-train --preset rafdb data.root=/data/RAF-DB
+fer-train presets                              # list the shipped presets
+accelerate launch --multi_gpu --num_processes 2 -m fer_train output_dir=runs/ddp
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: fer-train [--config FILE] [--preset NAME] [key=value ...]
+       fer-train presets
+
+Trains (capsnet-model), evaluates on the test set, exports model.onnx (fer-export), checks it
+against PyTorch and writes metrics.json and report.md into output_dir (runs/fer-train).
+With no arguments: e2capsnet_small on synthetic faces, a few minutes on a CPU.
+Keys: data.* (kind, root, image_root, ...), train.* (capsnet-model TrainConfig: model, epochs,
+lr, batch_size, model_kwargs, augment, patience, ...), export.* (fp16, int8, calib, ...),
+output_dir, resume, plots, threads, preset. Values are YAML: train.model_kwargs={width: 0.25}.
+"""
+
+
+def _split(argv: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
+    """(config file, preset, key=value overrides) from the command line."""
+    config = preset = None
+    rest: list[str] = []
+    items = list(argv)
+    while items:
+        item = items.pop(0)
+        for flag in ("--config", "-c", "--preset"):
+            if item == flag or item.startswith(flag + "="):
+                if "=" in item and item.startswith("--"):
+                    value = item.split("=", 1)[1]
+                elif items:
+                    value = items.pop(0)
+                else:
+                    raise ValueError(f"{flag} needs a value")
+                if flag == "--preset":
+                    preset = value
+                else:
+                    config = value
+                break
+        else:
+            if item.startswith("-") or "=" not in item:
+                raise ValueError(f"unexpected argument {item!r}; expected key=value overrides")
+            rest.append(item)
+    return config, preset, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fer-train`` console script; returns the exit status.
+
+    0: done; 1: the exported model failed the parity check; 2: a user error (bad key or
+    value, missing data, an output directory holding a run), reported in one line.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if args and args[0] == "presets":
+        from fer_train.config import available_presets, preset_path
+
+        print("presets (--preset NAME, then set data.root):")
+        for name in available_presets():
+            print(f"  {name:10s} {preset_path(name)}")
+        return 0
+
+    from capsnet_model.datasets import DatasetError
+    from fer_train.config import load_app_config
+    from fer_train.run import VerificationFailed, run
+
+    try:
+        config_file, preset, overrides = _split(args)
+        config = load_app_config(config_file, overrides, preset=preset)
+        run(config)
+    except VerificationFailed as err:
+        print(f"fer-train: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, FileExistsError, DatasetError) as err:
+        print(f"fer-train: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,24 @@
+"""Shared settings: runs are kept tiny (a 1/16-width E2-Capsnet at 64 px, two batches)."""
+
+from __future__ import annotations
+
+import pytest
+
+# About 10 s per run on 2 CPU cores, export and checks included.
+TINY = [
+    "data.synthetic_train=140",
+    "data.synthetic_test=35",
+    "train.epochs=1",
+    "train.max_batches_per_epoch=2",
+    "train.model=e2capsnet",
+    "train.model_kwargs={width: 0.0625, primary_channels: 4}",
+    "train.image_size=64",
+    "train.progress=false",
+    "export.calib_count=32",
+]
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """The tiny-run overrides (a fresh list per test)."""
+    return list(TINY)
