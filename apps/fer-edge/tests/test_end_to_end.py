@@ -4,8 +4,6 @@ checked against the PyTorch model on the same images."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
-from test_server import free_port
+from edge_helpers import serving
 
 from capsnet_model.checkpoint import load_model
 from capsnet_model.synthetic import SyntheticFaces
@@ -106,18 +103,8 @@ def test_fer_edge_run_agrees_with_pytorch(
 
 @pytest.fixture(scope="module")
 def server(trained: Path) -> Iterator[str]:
-    app = create_app(trained / "model.onnx", providers="cpu", max_concurrency=2)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(trained / "model.onnx", providers="cpu", max_concurrency=2)) as url:
+        yield url
 
 
 def test_http_service_agrees_with_pytorch(

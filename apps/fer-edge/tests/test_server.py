@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,36 +15,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from edge_helpers import LABELS, encode, scene
+from edge_helpers import LABELS, encode, scene, serving
 
 from fer_edge.server import create_app
 
 MAX_BODY = 256 * 1024
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(model_path: Path, session) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app on a real uvicorn server in a background thread; yields its base URL."""
     app = create_app(session, max_body_bytes=MAX_BODY, max_concurrency=3, max_queue=64)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 def healthy(url: str) -> bool:

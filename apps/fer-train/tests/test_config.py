@@ -127,3 +127,21 @@ def test_unknown_preset_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="did you mean 'rafdb'") as info:
         preset_path("rafd")
     assert "affectnet, fer2013, rafdb" in str(info.value)
+
+
+def test_command_line_split() -> None:
+    from fer_train.cli import _split
+
+    assert _split(["--preset", "rafdb", "-c", "a.yaml", "train.lr=1e-4"]) == (
+        "a.yaml",
+        "rafdb",
+        ["train.lr=1e-4"],
+    )
+    assert _split(["--config=b.yaml", "x.y=-1"]) == ("b.yaml", None, ["x.y=-1"])
+    for bad, message in (
+        (["--preset"], "expected one argument"),
+        (["epochs"], "key=value"),
+        (["--verbose"], "unexpected argument"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _split(bad)

@@ -9,8 +9,10 @@ accelerate launch --multi_gpu --num_processes 2 -m fer_train output_dir=runs/ddp
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 USAGE = """usage: fer-train [--config FILE] [--preset NAME] [key=value ...]
        fer-train presets
@@ -24,31 +26,21 @@ output_dir, resume, plots, threads, preset. Values are YAML: train.model_kwargs=
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)  # one line and exit status 2, like every user error
+
+
 def _split(argv: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
     """(config file, preset, key=value overrides) from the command line."""
-    config = preset = None
-    rest: list[str] = []
-    items = list(argv)
-    while items:
-        item = items.pop(0)
-        for flag in ("--config", "-c", "--preset"):
-            if item == flag or item.startswith(flag + "="):
-                if "=" in item and item.startswith("--"):
-                    value = item.split("=", 1)[1]
-                elif items:
-                    value = items.pop(0)
-                else:
-                    raise ValueError(f"{flag} needs a value")
-                if flag == "--preset":
-                    preset = value
-                else:
-                    config = value
-                break
-        else:
-            if item.startswith("-") or "=" not in item:
-                raise ValueError(f"unexpected argument {item!r}; expected key=value overrides")
-            rest.append(item)
-    return config, preset, rest
+    parser = _Parser(prog="fer-train", add_help=False, allow_abbrev=False)
+    parser.add_argument("--config", "-c", default=None)
+    parser.add_argument("--preset", default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    for item in rest:
+        if item.startswith("-") or "=" not in item:
+            raise ValueError(f"unexpected argument {item!r}; expected key=value overrides")
+    return known.config, known.preset, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
