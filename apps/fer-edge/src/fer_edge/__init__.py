@@ -10,6 +10,8 @@ Two front ends over :class:`fer_export.runtime.FERSession` (ONNX Runtime only, n
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+__version__ = _metadata.version("fer-edge")
 
 __all__ = ["__version__"]

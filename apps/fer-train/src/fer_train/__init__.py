@@ -2,4 +2,6 @@
 one run (``fer-train`` console script, ``python -m fer_train``, ``accelerate launch -m
 fer_train``)."""
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+__version__ = _metadata.version("fer-train")

@@ -8,6 +8,8 @@ Main entry points:
   any clipping rule (``ppo``, ``clip_higher``, ``band``, ``dcpo``), aggregation and metrics.
 """
 
+from importlib import metadata as _metadata
+
 from band_ops import (
     _builtin,  # noqa: F401  (registers the built-in divergences)
     rules,
@@ -33,7 +35,7 @@ from band_ops.rules import (
     register_rule,
 )
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("band-ops")
 
 __all__ = [
     "DCPO",

@@ -8,11 +8,12 @@ first use, so ``import fer_export`` works on an edge box without torch.
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import Any
 
 from fer_export.contract import ContractError, ModelContract
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("fer-export")
 
 __all__ = ["ContractError", "FERSession", "ModelContract", "__version__", "export_onnx"]
 

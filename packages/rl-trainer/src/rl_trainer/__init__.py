@@ -9,6 +9,8 @@ Main entry points:
   rollout backends (``register_rollout_backend``); clipping rules come from ``band_ops``.
 """
 
+from importlib import metadata as _metadata
+
 from rl_trainer.advantages import (
     available_advantages,
     compute_advantages,
@@ -32,7 +34,7 @@ from rl_trainer.rollout import (
 )
 from rl_trainer.trainer import GRPOTrainer, NonFiniteLossError, RolloutBatch
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("rl-trainer")
 
 __all__ = [
     "GRPOTrainer",
