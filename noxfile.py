@@ -13,6 +13,11 @@ Sessions (``uv run nox -l`` lists them):
 - ``typecheck(package='NAME')``: mypy on the member's ``src/`` with the member installed.
 - ``bench(package='NAME')``: every ``benchmarks/bench_*.py`` of the member (skipped when
   there is none), with the member's ``bench`` dependency group when it has one.
+- ``install(package='NAME')``: what ``pip install NAME`` gives a user. Builds the member's wheel
+  and the wheels of the workspace members it needs (``uv build --no-sources``), installs them
+  into a fresh venv outside the workspace with everything else from the registry, imports the
+  member, runs a smoke test and checks that nothing beyond its declared dependencies came in.
+  Not in the default selection (it downloads from the registry).
 
 The default selection (plain ``uv run nox``) is every member's tests on Python 3.11, the
 workspace tests, lint and every member's typecheck: it needs only Python 3.11 and fits CI's
@@ -25,7 +30,12 @@ error, otherwise the session is skipped.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +203,214 @@ def bench(session: nox.Session, package: str) -> None:
     _sync_member(session, member, *(["bench"] if "bench" in _member_groups(member) else []))
     for script in scripts:
         session.run("python", str(script), *session.posargs)
+
+
+# --- install(package=...): the member as users get it -------------------------------------------
+
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
+
+
+def _normalize(name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _project(member: Member) -> dict:
+    with (member.path / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
+def _install_closure(package: str, extras: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Workspace members that ``pip install package[extras]`` pulls in (itself included).
+
+    Follows [project].dependencies, plus the optional-dependencies of the extras actually
+    requested (``fer-export[export]`` pulls in capsnet-model, ``fer-export`` does not).
+    Returns {name: version}.
+    """
+    requested: dict[str, set[str]] = {}
+    todo = [(_normalize(package), set(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        if name in requested and wanted <= requested[name]:
+            continue
+        requested[name] = requested.get(name, set()) | wanted
+        project = _project(MEMBERS[name])
+        reqs = list(project.get("dependencies", []))
+        for extra in requested[name]:
+            reqs += project.get("optional-dependencies", {}).get(extra, [])
+        for req in reqs:
+            match = _REQUIREMENT.match(req)
+            if match and _normalize(match.group(1)) in MEMBERS:
+                sub = {e.strip() for e in (match.group(2) or "").split(",") if e.strip()}
+                todo.append((_normalize(match.group(1)), sub))
+    return {name: _project(MEMBERS[name])["version"] for name in sorted(requested)}
+
+
+# A small check per member, run in the fresh venv after `import <package>`.
+INSTALL_SMOKE: dict[str, str] = {
+    "band-ops": """
+import torch
+from band_ops import Band
+low, high = Band(divergence="kl", delta=0.05).bounds(torch.log(torch.tensor([0.01, 0.9])))
+assert low.shape == high.shape == (2,), (low, high)
+assert bool((low <= 1).all()) and bool((high >= 1).all()), (low, high)
+print("Band bounds", low.tolist(), high.tolist())
+""",
+    "rl-trainer": """
+from rl_trainer import TrainerConfig, load_config
+config = load_config(None)
+assert isinstance(config, TrainerConfig), config
+print("TrainerConfig ok")
+""",
+    "capsnet-model": """
+import torch
+from capsnet_model import create_model
+model = create_model("e2capsnet_small").eval()
+with torch.no_grad():
+    out = model(torch.zeros(1, 3, model.image_size, model.image_size))
+assert out.shape == (1, 7), out.shape
+print("e2capsnet_small forward", tuple(out.shape))
+""",
+    "fer-export": """
+from fer_export import FERSession, ModelContract
+print("fer_export ok", FERSession.__name__, ModelContract.__name__)
+""",
+}
+
+# Distributions an install must bring / must not bring (normalised names). On top of these,
+# every installed distribution must be required by the member, directly or transitively.
+INSTALL_REQUIRED: dict[str, set[str]] = {
+    "band-ops": {"torch"},
+    "fer-export": {"onnx", "numpy"},
+    "fer-edge": {"fer-export", "fastapi", "uvicorn"},
+}
+INSTALL_FORBIDDEN: dict[str, set[str]] = {
+    "band-ops": {"transformers", "accelerate", "peft"},
+    "capsnet-model": {"onnxruntime", "onnxruntime-gpu", "transformers"},
+    "fer-export": {"torch", "capsnet-model", "onnxscript"},
+    "fer-edge": {"torch", "capsnet-model", "onnxscript"},
+}
+
+
+def _import_names(member: Member) -> list[str]:
+    return sorted(p.parent.name for p in (member.path / "src").glob("*/__init__.py"))
+
+
+@nox.session(python=False, default=False)
+@nox.parametrize("package", MEMBER_NAMES)
+def install(session: nox.Session, package: str) -> None:
+    """Build the member's wheel (and its sibling wheels), install it in a fresh venv, check it."""
+    member = MEMBERS[package]
+    if shutil.which("uv") is None:
+        session.error("uv is not on PATH; install it (https://docs.astral.sh/uv/)")
+    closure = _install_closure(package)
+    session.log(f"workspace members in the install of {package}: {closure}")
+    # Outside the workspace: nothing of the repository can leak onto sys.path or into uv's
+    # project discovery.
+    work = Path(tempfile.mkdtemp(prefix=f"nox-install-{package}-"))
+    try:
+        dist = work / "dist"
+        for name in closure:
+            session.run(
+                "uv", "build", "--directory", str(ROOT), "--package", name,
+                "--no-sources", "--wheel", "-o", str(dist), external=True,
+            )  # fmt: skip
+        wheels: list[str] = []
+        for name in closure:
+            stem = f"{name.replace('-', '_')}-{closure[name]}-"
+            found = [w for w in dist.glob("*.whl") if w.name.startswith(stem)]
+            if len(found) != 1:
+                session.error(f"expected one wheel {stem}*.whl in {dist}, found {found}")
+            wheels.append(str(found[0]))
+        venv = work / "venv"
+        with session.chdir(work):
+            session.run("uv", "venv", "--python", DEFAULT_PYTHON, str(venv), external=True)
+            python = str(venv / ("Scripts" if sys.platform == "win32" else "bin") / "python")
+            # The sibling wheels are named explicitly so that they come from dist/, never from
+            # a same-named project on the registry; everything else comes from the registry.
+            session.run(
+                "uv", "pip", "install", "--python", python, "--find-links", str(dist), *wheels,
+                external=True,
+            )  # fmt: skip
+            _check_install(session, package, python, closure)
+            imports = _import_names(member)
+            session.run(python, "-c", "".join(f"import {m}\n" for m in imports), external=True)
+            if package in INSTALL_SMOKE:
+                session.run(python, "-c", INSTALL_SMOKE[package], external=True)
+            for script in _project(member).get("scripts", {}):
+                exe = Path(python).parent / script
+                session.run(str(exe), "--help", external=True, silent=True)
+                session.log(f"{script} --help: exit 0")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_install(
+    session: nox.Session, package: str, python: str, closure: dict[str, str]
+) -> None:
+    """Fail when the venv holds more than the member's dependency closure, or the wrong things."""
+    listing = session.run(
+        "uv", "pip", "list", "--python", python, "--format", "json", external=True, silent=True
+    )
+    # stderr is merged into the output: keep the JSON line only.
+    rows = next(line for line in str(listing).splitlines() if line.startswith("["))
+    installed = {_normalize(d["name"]): d["version"] for d in json.loads(rows)}
+    session.log(
+        f"{len(installed)} distributions installed:\n"
+        + "\n".join(f"  {name}=={version}" for name, version in sorted(installed.items()))
+    )
+    problems = []
+    for name, version in closure.items():
+        if installed.get(name) != version:
+            problems.append(f"{name}: expected the workspace's {version} from the built wheel, "
+                            f"got {installed.get(name)}")  # fmt: skip
+    if extra := sorted(set(installed) - _required_closure(session, package, python)):
+        problems.append(f"installed but not required by {package}: {extra}")
+    if missing := sorted(INSTALL_REQUIRED.get(package, set()) - set(installed)):
+        problems.append(f"{package} must bring {missing}, but they were not installed")
+    if forbidden := sorted(INSTALL_FORBIDDEN.get(package, set()) & set(installed)):
+        problems.append(f"{package} must not bring {forbidden}, but they were installed")
+    if problems:
+        session.error(f"install of {package}: " + "; ".join(problems))
+    session.log(f"install of {package}: only its declared dependency closure came in")
+
+
+def _required_closure(session: nox.Session, package: str, python: str) -> set[str]:
+    """Distributions in ``python``'s venv that ``package`` requires, directly or transitively.
+
+    Walks the installed Requires-Dist metadata with markers evaluated for that venv (extras
+    included, e.g. torch -> cuda-toolkit[cublas] -> nvidia-cublas), so anything else in the
+    venv came in from outside the member's declared dependencies.
+    """
+    from importlib.metadata import distributions
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    probe = (
+        "import platform, sysconfig; "
+        "print(sysconfig.get_paths()['purelib']); print(platform.python_version())"
+    )
+    out = session.run(python, "-c", probe, external=True, silent=True)
+    purelib, full_version = str(out).strip().splitlines()[-2:]
+    env = {
+        **default_environment(),
+        "python_full_version": full_version,
+        "python_version": ".".join(full_version.split(".")[:2]),
+    }
+    metadata = {_normalize(d.metadata["Name"]): d for d in distributions(path=[purelib])}
+    seen: dict[str, set[str]] = {}
+    todo: list[tuple[str, set[str]]] = [(_normalize(package), set())]
+    while todo:
+        name, extras = todo.pop()
+        if name not in metadata or (name in seen and extras <= seen[name]):
+            continue
+        seen[name] = seen.get(name, set()) | extras
+        for line in metadata[name].requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                req.marker.evaluate({**env, "extra": extra}) for extra in ["", *seen[name]]
+            ):
+                continue
+            todo.append((_normalize(req.name), set(req.extras)))
+    return set(seen)
