@@ -1,8 +1,9 @@
 """Every member is a releasable package on its own (issue 8, "Independent packages").
 
 - metadata completeness of each member's pyproject.toml (what PyPI shows and pip resolves);
-- one member (band-ops) actually built with `uv build --no-sources`, its wheel METADATA and its
-  sdist inspected (marked ``slow``: a few seconds with uv's cache, no network);
+- every member actually built with `uv build --all-packages --no-sources`: each wheel's METADATA
+  (long description = README, Project-URLs, no workspace paths) and each sdist's contents
+  (marked ``slow``: a few seconds with uv's cache, network only when the cache lacks hatchling);
 - the logic of CI's `.github/scripts/changed_members.py` (changed paths -> members to test).
 """
 
@@ -135,7 +136,7 @@ def test_dependencies_are_bounded_and_publishable(pyproject: Path) -> None:
     assert not problems, f"{where}:\n  " + "\n  ".join(problems)
 
 
-# --- one member built for real ---------------------------------------------------------------
+# --- every member built for real ---------------------------------------------------------------
 
 
 def _uv() -> str:
@@ -146,53 +147,66 @@ def _uv() -> str:
 
 
 @pytest.fixture(scope="module")
-def band_ops_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dists(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Wheels and sdists of every member, built as for a release (``--no-sources``)."""
     out = tmp_path_factory.mktemp("dist")
-    cmd = [_uv(), "build", "--package", "band-ops", "--no-sources", "-o", str(out)]
+    cmd = [_uv(), "build", "--all-packages", "--no-sources", "-o", str(out)]
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
     # The build backend (hatchling) normally comes from uv's cache: try offline first, and go
     # to the registry only when the cache lacks it (a fresh CI cache).
     proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**env, "UV_OFFLINE": "1"}
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "UV_OFFLINE": "1"}
     )
     if proc.returncode != 0:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return out
 
 
+def _dist_stem(project: dict) -> str:
+    return re.sub(r"[-_.]+", "_", project["name"]).lower()
+
+
 @pytest.mark.slow
-def test_band_ops_wheel_metadata(band_ops_dist: Path) -> None:
-    project = _load(ROOT / "packages/band-ops/pyproject.toml")["project"]
-    wheels = list(band_ops_dist.glob("band_ops-*.whl"))
+@members
+def test_wheel_metadata(dists: Path, pyproject: Path) -> None:
+    project = _load(pyproject)["project"]
+    wheels = list(dists.glob(f"{_dist_stem(project)}-{project['version']}-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as whl:
         name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
-        meta = email.message_from_bytes(whl.read(name))
-    assert meta["Name"] == "band-ops"
+        raw = whl.read(name)
+        meta = email.message_from_bytes(raw)
+    assert normalize(meta["Name"]) == normalize(project["name"])
     assert meta["Version"] == project["version"]
     assert meta["Summary"] == project["description"]
     assert project["license"] in (meta["License-Expression"], meta["License"])
     assert meta["Requires-Python"] == project["requires-python"]
     requires = meta.get_all("Requires-Dist") or []
     assert requires, "no Requires-Dist"
-    assert {_split(r)[0] for r in requires} >= {_split(r)[0] for r in project["dependencies"]}
+    declared = {_split(r)[0] for r in project["dependencies"]}
+    assert {_split(r)[0] for r in requires} >= declared
     for req in requires:
         assert "file:" not in req and "@" not in req, f"workspace/path reference leaked: {req}"
     urls = {line.split(",", 1)[0].strip() for line in meta.get_all("Project-URL") or []}
     assert set(REQUIRED_URLS) <= urls, f"Project-URL lines: {sorted(urls)}"
     assert meta["Description-Content-Type"] == "text/markdown"
-    assert "band" in meta.get_payload().lower(), "empty or wrong long description"
+    readme = (pyproject.parent / project["readme"]).read_text(encoding="utf-8")
+    body = raw.decode("utf-8").split("\n\n", 1)[1]  # headers, blank line, README (UTF-8)
+    assert body.strip() == readme.strip(), "long description is not the README"
 
 
 @pytest.mark.slow
-def test_band_ops_sdist_contents(band_ops_dist: Path) -> None:
-    sdists = list(band_ops_dist.glob("band_ops-*.tar.gz"))
+@members
+def test_sdist_contents(dists: Path, pyproject: Path) -> None:
+    project = _load(pyproject)["project"]
+    sdists = list(dists.glob(f"{_dist_stem(project)}-{project['version']}.tar.gz"))
     assert len(sdists) == 1, sdists
     with tarfile.open(sdists[0]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for required in ("pyproject.toml", "README.md", "src/band_ops/__init__.py"):
-        assert required in names, f"{sdists[0].name} lacks {required}: {sorted(names)}"
+    package = next((pyproject.parent / "src").iterdir()).name
+    for required in ("pyproject.toml", "README.md", "CHANGELOG.md", f"src/{package}/__init__.py"):
+        assert required in names, f"{sdists[0].name} lacks {required}: {sorted(names)[:20]}"
 
 
 # --- CI's changed-members script ---------------------------------------------------------------
