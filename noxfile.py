@@ -305,12 +305,28 @@ def install(session: nox.Session, package: str) -> None:
         session.error("uv is not on PATH; install it (https://docs.astral.sh/uv/)")
     closure = _install_closure(package)
     session.log(f"workspace members in the install of {package}: {closure}")
+    # `-- --wheel-dir DIR`: test the member's wheel found in DIR (the release's own dist/)
+    # instead of building a new one; siblings are still built from the workspace.
+    prebuilt: Path | None = None
+    if session.posargs:
+        if len(session.posargs) != 2 or session.posargs[0] != "--wheel-dir":
+            session.error(f"unexpected arguments {session.posargs}; accepted: --wheel-dir DIR")
+        prebuilt = Path(session.posargs[1]).resolve()
     # Outside the workspace: nothing of the repository can leak onto sys.path or into uv's
     # project discovery.
     work = Path(tempfile.mkdtemp(prefix=f"nox-install-{package}-"))
     try:
         dist = work / "dist"
+        dist.mkdir(parents=True)
         for name in closure:
+            if prebuilt is not None and name == package:
+                stem = f"{name.replace('-', '_')}-{closure[name]}-"
+                given = [w for w in prebuilt.glob("*.whl") if w.name.startswith(stem)]
+                if len(given) != 1:
+                    session.error(f"expected one wheel {stem}*.whl in {prebuilt}, found {given}")
+                shutil.copy2(given[0], dist / given[0].name)
+                session.log(f"testing the given wheel {given[0]}")
+                continue
             session.run(
                 "uv", "build", "--directory", str(ROOT), "--package", name,
                 "--no-sources", "--wheel", "-o", str(dist), external=True,
