@@ -134,29 +134,15 @@ class DynamicRouting(nn.Module):
         )
 
 
-class ReferenceRouting(nn.Module):
+class ReferenceRouting(DynamicRouting):
     """Straightforward reference routing, for benchmarks and equality tests only.
 
     Written the way many public PyTorch CapsNets do it: prediction vectors by a broadcast
     matmul, routing logits with a redundant trailing D axis (B, J, I, D) whose D entries are
-    always equal, and full-shape temporaries every iteration. Same parameter name and shape
-    as :class:`DynamicRouting` (``weight``: (I, J, D, K)), so state dicts are interchangeable.
+    always equal, and full-shape temporaries every iteration. It inherits the constructor and
+    parameter (``weight``: (I, J, D, K)) of :class:`DynamicRouting`, so state dicts are
+    interchangeable; only ``forward`` differs.
     """
-
-    def __init__(
-        self,
-        in_caps: int,
-        in_dim: int,
-        out_caps: int,
-        out_dim: int,
-        iterations: int = 3,
-        softmax_over: SoftmaxOver = "output",
-    ) -> None:
-        super().__init__()
-        _check_softmax_over(softmax_over)
-        self.iterations = iterations
-        self.softmax_over: SoftmaxOver = softmax_over
-        self.weight = nn.Parameter(0.01 * torch.randn(in_caps, out_caps, out_dim, in_dim))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         w = self.weight.transpose(0, 1)  # (J, I, D, K)
