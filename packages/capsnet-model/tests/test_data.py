@@ -4,6 +4,7 @@ stratified splits, augmentation configs and landmark attention maps."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import cv2
@@ -167,7 +168,9 @@ def test_template_and_none_attention() -> None:
     assert zeros.shape == (1, 32, 32) and not zeros.any()
 
 
-def test_bad_attention_arguments_raise() -> None:
+def test_bad_attention_arguments_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("face_alignment", "dlib"):  # no landmark detector installed
+        monkeypatch.setitem(sys.modules, module, None)
     base = SyntheticFaces(2, seed=0, size=64)
     with pytest.raises(ValueError, match="landmarks="):
         FaceTensors(base, Preprocess(image_size=32), attention="landmarks")

@@ -122,10 +122,11 @@ class FaceTensors(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
 
     ``base[i]`` must return ``(image, label)`` with ``image`` an (H, W, 3) uint8 RGB array.
     ``attention``: ``"template"`` paints the built-in mean-face map (for aligned crops),
-    ``"landmarks"`` paints it from ``landmarks`` -- or from the data set's own
-    (:meth:`~capsnet_model.datasets.FERDataset.item_with_landmarks`, e.g. AffectNet's) when
-    ``landmarks`` is None -- falling back to the template for samples without any
-    (:attr:`fallbacks` counts them), ``"none"`` returns zeros (for models
+    ``"landmarks"`` paints it from ``landmarks`` -- or, when that is None, from the data set's
+    own (:meth:`~capsnet_model.datasets.FERDataset.item_with_landmarks`, e.g. AffectNet's) or
+    else from an installed detector (:func:`capsnet_model.landmarks.find_detector`, which
+    raises saying what to install when there is none) -- falling back to the template for
+    samples without any (:attr:`fallbacks` counts them), ``"none"`` returns zeros (for models
     without attention). ``augment`` (training only) moves the map with the image
     (``joint_attention=True``, the corrected behaviour) or leaves the map in place
     (``False``: the official code, which flipped the image alone).
@@ -151,10 +152,10 @@ class FaceTensors(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
             and landmarks is None
             and not hasattr(base, "item_with_landmarks")
         ):
-            raise ValueError(
-                "attention='landmarks' needs landmarks= (a sequence or a callable such as a "
-                "detector) unless the data set carries landmarks (item_with_landmarks)"
-            )
+            # No landmarks given and none in the data set: an installed detector, if any.
+            from capsnet_model.landmarks import find_detector
+
+            landmarks = find_detector()
         self.base = base
         self.preprocess = preprocess
         self.attention = attention
