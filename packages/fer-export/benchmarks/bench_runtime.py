@@ -17,7 +17,11 @@ and an int8 (static QDQ) variant calibrated on synthetic faces, then times, at e
 
 It prints the median latency (ms per call) and throughput (images/s), the ratios
 ``ort-fp32 / torch`` and ``ort-int8 / ort-fp32`` of latency, and the int8 / fp32 file size
-ratio. Goals (issue 6): ort-fp32 latency at batch 1 at most 0.5x PyTorch eager's; int8 file
+ratio. On a CPU it also counts the model's multiply-accumulates (``count_macs``), measures
+the best fp32 rate ONNX Runtime reaches on this CPU (``fp32_peak``) and prints the fp32 floor
+(every multiply-accumulate at that rate), the share of it ORT fp32 reaches, and floor / torch:
+the lowest fp32 / torch latency ratio any kernel doing every multiplication could reach.
+Goals (issue 6): ort-fp32 latency at batch 1 at most 0.5x PyTorch eager's; int8 file
 at most 0.3x the fp32 file. Every variant runs with the same thread count (torch's default,
 printed). With ``--device cuda`` the torch path runs on the GPU and the sessions ask for the
 CUDA provider (``--providers tensorrt`` for TensorRT).
@@ -40,6 +44,7 @@ import torch
 from capsnet_model import create_model
 from capsnet_model.synthetic import SyntheticFaces
 from fer_export import FERSession, export_onnx
+from fer_export.bench import count_macs, fp32_peak
 from fer_export.quantize import to_int8
 
 DEFAULT_REPEATS = {"e2capsnet_small": 30, "e2capsnet": 8}
@@ -83,6 +88,8 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
     int8 = to_int8(fp32, workdir / f"{name}.int8.onnx", calibration(size, 64, s32))
     s8 = FERSession(int8, providers=providers, intra_op_threads=threads)
     size_ratio = int8.stat().st_size / fp32.stat().st_size
+    macs = count_macs(fp32).macs
+    peak = args.peak
     rows = []
     repeats = args.repeats or DEFAULT_REPEATS.get(name, 10)
     for batch in args.batches:
@@ -120,13 +127,26 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict
             "fp32_mb": fp32.stat().st_size / 2**20,
             "int8_mb": int8.stat().st_size / 2**20,
             "repeats": reps,
+            "gmac_per_image": macs / 1e9,
         }
+        if peak:
+            # The fp32 floor: every multiply-accumulate at the best fp32 rate measured here.
+            floor = batch * macs / peak
+            row["fp32_floor_ms"] = 1e3 * floor
+            row["fp32_percent_of_peak"] = 100 * floor / t_fp32
+            row["floor_over_torch"] = floor / t_torch
         rows.append(row)
         print(
             f"{name:16s} {size:4d} {batch:5d} {row['torch_ms']:10.2f} {row['ort_fp32_ms']:10.2f}"
             f" {row['ort_int8_ms']:10.2f} {row['torch_img_s']:9.1f} {row['ort_fp32_img_s']:9.1f}"
             f" {row['ort_int8_img_s']:9.1f} {row['fp32_over_torch']:9.2f}x"
-            f" {row['int8_over_fp32']:8.2f}x",
+            f" {row['int8_over_fp32']:8.2f}x"
+            + (
+                f" {row['fp32_floor_ms']:9.2f} {row['fp32_percent_of_peak']:5.0f}%"
+                f" {row['floor_over_torch']:8.2f}x"
+                if peak
+                else ""
+            ),
             flush=True,
         )
     return rows
@@ -146,10 +166,20 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}; "
         "baseline: PyTorch eager"
     )
+    args.peak = None
+    if args.device == "cpu":
+        args.peak = fp32_peak(threads=torch.get_num_threads())
+        print(
+            f"fp32 peak: {args.peak / 1e9:.1f} GMAC/s (best of ONNX Runtime's MatMul and 3x3 "
+            "Conv on this CPU); floor ms = the model's multiply-accumulates at that rate, "
+            "floor/torch = the lowest fp32/torch latency ratio a kernel doing every "
+            "multiplication could reach"
+        )
     print(
         f"{'model':16s} {'px':>4s} {'batch':>5s} {'torch ms':>10s} {'fp32 ms':>10s} "
         f"{'int8 ms':>10s} {'torch/s':>9s} {'fp32/s':>9s} {'int8/s':>9s} {'fp32/torch':>10s} "
         f"{'int8/fp32':>9s}"
+        + (f" {'floor ms':>9s} {'%peak':>6s} {'floor/torch':>8s}" if args.peak else "")
     )
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,10 +4,13 @@
                       [--fp16] [--int8 --calib DIR|synthetic] [--calib-count N] [--no-verify]
     fer-export verify model.onnx CHECKPOINT [--atol 1e-4] [--json]
     fer-export info model.onnx [--json]
+    fer-export bench model.onnx [more.onnx ...] [--providers auto|tensorrt|cuda|cpu ...]
+                     [--batches 1 8 32] [--warmup 3] [--runs 20] [--max-seconds 10]
+                     [--threads N] [--trt-fp16] [--no-floor] [--json FILE]
 
-``info`` needs neither torch nor capsnet-model; ``export`` and ``verify`` import them only
-when they run. Bad input (missing or wrong file) is one line on stderr and exit code 2; a
-failed verification is exit code 1.
+``info`` and ``bench`` need neither torch nor capsnet-model (they run on the edge box);
+``export`` and ``verify`` import them only when they run. Bad input (missing or wrong file)
+is one line on stderr and exit code 2; a failed verification is exit code 1.
 """
 
 from __future__ import annotations
@@ -60,6 +63,33 @@ def _parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("info", help="print the FER contract stored in an ONNX file")
     inf.add_argument("onnx", type=Path)
     inf.add_argument("--json", action="store_true")
+
+    ben = sub.add_parser(
+        "bench",
+        help="time ONNX files with ONNX Runtime: latency, throughput, compute (no torch)",
+        description=(
+            "Time FERSession.run (host array in, scores out) for every model x provider x "
+            "batch size; the first model on the first provider is the baseline of 'vs base'. "
+            "CPU rows also show the model's multiply-accumulate rate as a share of the best "
+            "fp32 rate ONNX Runtime reaches on this CPU (its fp32 peak)."
+        ),
+    )
+    ben.add_argument("onnx", type=Path, nargs="+", help="one or more exported .onnx files")
+    ben.add_argument(
+        "--providers", nargs="+", default=["auto"],
+        help="auto (default), tensorrt, cuda, cpu or ORT provider names: each is benchmarked",
+    )  # fmt: skip
+    ben.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ben.add_argument("--warmup", type=int, default=3, help="untimed calls per batch size")
+    ben.add_argument("--runs", type=int, default=20, help="timed calls per batch size (most)")
+    ben.add_argument(
+        "--max-seconds", type=float, default=10.0,
+        help="stop timing a batch size after this long (at least one call)",
+    )  # fmt: skip
+    ben.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
+    ben.add_argument("--trt-fp16", action="store_true", help="let TensorRT use fp16 kernels")
+    ben.add_argument("--no-floor", action="store_true", help="skip measuring the CPU fp32 peak")
+    ben.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return parser
 
 
@@ -250,11 +280,87 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import platform
+
+    import onnxruntime as ort
+
+    from fer_export._io import atomic_write_bytes
+    from fer_export.bench import benchmark, format_row, fp32_peak, table_header
+    from fer_export.runtime import ModelLoadError, ProviderUnavailableError
+
+    for path in args.onnx:
+        _load_onnx(path)  # a missing or non-ONNX file fails before any output
+    if min(args.batches) < 1:
+        raise UsageError(f"--batches must be >= 1, got {args.batches}")
+    if args.runs < 1 or args.warmup < 0 or args.max_seconds <= 0:
+        raise UsageError("--runs must be >= 1, --warmup >= 0 and --max-seconds > 0")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UsageError(f"folder for --json not found: {args.json.parent}")
+    print(
+        f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}), "
+        f"{platform.machine()}, threads {args.threads or 'default'}"
+    )
+    peak = None
+    if not args.no_floor and _may_use_cpu(args.providers):
+        peak = fp32_peak(threads=args.threads)
+        print(
+            f"fp32 peak on this CPU: {peak / 1e9:.1f} GMAC/s (best of ONNX Runtime's MatMul "
+            "and 3x3 Conv)"
+        )
+    width = max(24, *(len(p.name) for p in args.onnx))
+    print(table_header(width), flush=True)
+
+    def status(message: str) -> None:
+        print(f"  ({message})", file=sys.stderr, flush=True)
+
+    try:
+        rows = benchmark(
+            [str(p) for p in args.onnx],
+            args.providers,
+            args.batches,
+            warmup=args.warmup,
+            runs=args.runs,
+            max_seconds=args.max_seconds,
+            threads=args.threads,
+            trt_fp16=args.trt_fp16,
+            peak=peak,
+            on_result=lambda row: print(format_row(row, width), flush=True),
+            on_status=status,
+        )
+    except (ModelLoadError, ProviderUnavailableError, ValueError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    print(f"baseline (vs base 1.00x): {args.onnx[0].name} on {rows[0].provider}")
+    if args.json is not None:
+        payload = {
+            "onnxruntime": ort.__version__,
+            "machine": platform.machine(),
+            "threads": args.threads,
+            "cpu_fp32_peak_gmac_s": None if peak is None else peak / 1e9,
+            "rows": [row.to_dict() for row in rows],
+        }
+        atomic_write_bytes(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _may_use_cpu(providers: Sequence[str]) -> bool:
+    """Whether any of the requested providers can end up on the CPU."""
+    return any(p.lower() in ("auto", "cpu", "cpuexecutionprovider") for p in providers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 verification failed, 2 bad
     input)."""
     args = _parser().parse_args(argv)
-    handlers = {"export": _cmd_export, "verify": _cmd_verify, "info": _cmd_info}
+    handlers = {
+        "export": _cmd_export,
+        "verify": _cmd_verify,
+        "info": _cmd_info,
+        "bench": _cmd_bench,
+    }
     try:
         return handlers[args.command](args)
     except (UsageError, FileNotFoundError, ContractError) as exc:
