@@ -247,6 +247,7 @@ def test_cli_bench_no_floor(model_path: Path, capsys: pytest.CaptureFixture[str]
         (["MODEL", "--runs", "0"], "--runs must be >= 1"),
         (["MODEL", "--threads", "0"], "--threads must be >= 1"),
         (["MODEL", "--providers", "warp-drive"], "warp-drive"),
+        (["MODEL", "--trt-batch", "8", "1", "32"], "trt_batch must be (min, opt, max)"),
         (["MODEL", "--json", "NOFOLDER/out.json"], "folder for --json not found"),
         (["JUNK"], "JUNK"),
     ],

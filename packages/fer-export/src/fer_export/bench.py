@@ -199,7 +199,7 @@ def _peak_kernels(size: int) -> list[tuple[onnx.ModelProto, dict[str, np.ndarray
     return kernels
 
 
-def fp32_peak(*, threads: int | None = None, repeats: int = 8, size: int = 1024) -> float:
+def fp32_peak(*, threads: int | None = None, repeats: int = 20, size: int = 1024) -> float:
     """The best float32 multiply-accumulates per second ONNX Runtime's CPU provider reaches on
     this machine: the fastest of a ``size`` x ``size`` MatMul and two VGG-like 3x3
     convolutions (256 channels at 56 x 56, 512 at 28 x 28), each the best of ``repeats``
@@ -289,6 +289,8 @@ def benchmark(
     max_seconds: float = 10.0,
     threads: int | None = None,
     trt_fp16: bool = False,
+    trt_batch: tuple[int, int, int] = (1, 8, 32),
+    trt_cache_dir: str | Path | None = None,
     peak: float | None = None,
     seed: int = 0,
     on_result: Callable[[Timing], None] | None = None,
@@ -297,9 +299,11 @@ def benchmark(
     """Time :meth:`FERSession.run` for every model x provider x batch size.
 
     Each session is created once per model and provider with ``max_batch`` = the largest batch
-    size (and a TensorRT profile up to it), warmed up, then each batch size gets ``warmup``
-    untimed and up to ``runs`` timed calls (fewer once ``max_seconds`` have passed, at least
-    one) on seeded random inputs. The first model/provider pair is the baseline of
+    size, warmed up (on TensorRT: ``trt_batch`` is the engine's min/opt/max profile, larger
+    batches are split as in deployment; the engine cache is ``trt_cache_dir``, by default the
+    one :class:`FERSession` and fer-edge use, so a warm cache is reused), then each batch size
+    gets ``warmup`` untimed and up to ``runs`` timed calls (fewer once ``max_seconds`` have
+    passed, at least one) on seeded random inputs. The first model/provider pair is the baseline of
     :attr:`Timing.vs_baseline`. ``peak`` (MAC/s, :func:`fp32_peak`) adds the fp32 floor to
     CPU rows.
 
@@ -331,8 +335,9 @@ def benchmark(
                 providers=provider,
                 intra_op_threads=threads,
                 max_batch=largest,
-                trt_batch=(min(batches), largest, largest),
+                trt_batch=trt_batch,
                 trt_fp16=trt_fp16,
+                trt_cache_dir=trt_cache_dir,
             )
             size = session.input_size
             for batch in batches:

@@ -6,7 +6,8 @@
     fer-export info model.onnx [--json]
     fer-export bench model.onnx [more.onnx ...] [--providers auto|tensorrt|cuda|cpu ...]
                      [--batches 1 8 32] [--warmup 3] [--runs 20] [--max-seconds 10]
-                     [--threads N] [--trt-fp16] [--no-floor] [--json FILE]
+                     [--threads N] [--trt-fp16] [--trt-batch MIN OPT MAX] [--trt-cache DIR]
+                     [--no-floor] [--json FILE]
 
 ``info`` and ``bench`` need neither torch nor capsnet-model (they run on the edge box);
 ``export`` and ``verify`` import them only when they run. Bad input (missing or wrong file)
@@ -88,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ben.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
     ben.add_argument("--trt-fp16", action="store_true", help="let TensorRT use fp16 kernels")
+    ben.add_argument(
+        "--trt-batch", type=int, nargs=3, default=[1, 8, 32], metavar=("MIN", "OPT", "MAX"),
+        help="TensorRT engine batch profile (default 1 8 32, fer-edge's); larger batches split",
+    )  # fmt: skip
+    ben.add_argument(
+        "--trt-cache", type=Path, default=None,
+        help="TensorRT engine + timing cache folder (default <model>.trt_cache, fer-edge's)",
+    )  # fmt: skip
     ben.add_argument("--no-floor", action="store_true", help="skip measuring the CPU fp32 peak")
     ben.add_argument("--json", type=Path, default=None, help="also write the rows here")
     return parser
@@ -326,6 +335,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             max_seconds=args.max_seconds,
             threads=args.threads,
             trt_fp16=args.trt_fp16,
+            trt_batch=tuple(args.trt_batch),
+            trt_cache_dir=args.trt_cache,
             peak=peak,
             on_result=lambda row: print(format_row(row, width), flush=True),
             on_status=status,
