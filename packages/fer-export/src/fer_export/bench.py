@@ -22,7 +22,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +267,6 @@ class Timing:
     floor_ms: float | None = None
     #: ``gmac_per_s`` over the peak, in percent (CPU rows with a peak).
     percent_of_peak: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
