@@ -107,9 +107,7 @@ def count_macs(model: str | Path | onnx.ModelProto) -> Compute:
     for tensor in inferred.graph.initializer:
         shapes[tensor.name] = [int(d) for d in tensor.dims]
 
-    def shape(name: str) -> list[int] | None:
-        return shapes.get(name)
-
+    shape = shapes.get
     by_op: dict[str, int] = {}
     uncounted: list[str] = []
     for index, node in enumerate(inferred.graph.node):

@@ -296,7 +296,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from fer_export._io import atomic_write_bytes
     from fer_export.bench import benchmark, format_row, fp32_peak, table_header
-    from fer_export.runtime import ModelLoadError, ProviderUnavailableError
+    from fer_export.runtime import ProviderUnavailableError
 
     for path in args.onnx:
         _load_onnx(path)  # a missing or non-ONNX file fails before any output
@@ -341,7 +341,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             on_result=lambda row: print(format_row(row, width), flush=True),
             on_status=status,
         )
-    except (ModelLoadError, ProviderUnavailableError, ValueError) as exc:
+    except (ProviderUnavailableError, ValueError) as exc:  # ModelLoadError is a ValueError
         raise UsageError(str(exc).splitlines()[0]) from exc
     print(f"baseline (vs base 1.00x): {args.onnx[0].name} on {rows[0].provider}")
     if args.json is not None:
