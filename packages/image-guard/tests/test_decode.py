@@ -33,7 +33,8 @@ def png_bomb(width: int, height: int) -> bytes:
     row = b"\x00" * (width + 1)
     body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+    chunks = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def _rss_mb() -> float:
@@ -50,7 +51,7 @@ def _encoded(suffix: str = ".png", shape: tuple[int, int] = (30, 40)) -> bytes:
 def test_decode_gives_rgb_in_the_right_channel_order() -> None:
     bgr = np.zeros((4, 6, 3), np.uint8)
     bgr[:, :, 2] = 200  # red in OpenCV's BGR
-    ok, buf = cv2.imencode(".png", bgr)
+    _, buf = cv2.imencode(".png", bgr)
     rgb = decode_rgb(buf.tobytes())
     assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
     assert (rgb[:, :, 0] == 200).all() and (rgb[:, :, 1:] == 0).all()
@@ -174,9 +175,7 @@ def test_fuzz_random_bytes(data: bytes) -> None:
 @FUZZ
 @given(
     seed=st.sampled_from(SEEDS),
-    edits=st.lists(
-        st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=12
-    ),
+    edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=12),
     cut=st.integers(0, 4096),
 )
 def test_fuzz_mutated_images(seed: bytes, edits: list[tuple[int, int]], cut: int) -> None:

@@ -59,7 +59,7 @@ def test_jpeg_variants(flag: str) -> None:
 
 
 def test_jpeg_frame_header_after_large_app_segments() -> None:
-    ok, buf = cv2.imencode(".jpg", np.zeros((10, 20, 3), np.uint8))
+    _, buf = cv2.imencode(".jpg", np.zeros((10, 20, 3), np.uint8))
     data = buf.tobytes()
     app = b"\xff\xe1" + struct.pack(">H", 65535) + b"x" * 65533  # a full-size EXIF segment
     assert probe(data[:2] + app * 3 + data[2:]) == ImageInfo("jpeg", 20, 10)

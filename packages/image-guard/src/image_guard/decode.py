@@ -99,8 +99,7 @@ def decode_rgb(
         raise ImageDecodeError(f"{where}: cannot decode {info.format} image ({exc})") from exc
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
         raise ImageDecodeError(
-            f"{where}: not a decodable {info.format} image ({len(raw)} bytes; truncated or "
-            "corrupt)"
+            f"{where}: not a decodable {info.format} image ({len(raw)} bytes; truncated or corrupt)"
         )
     # The header was checked, but a decoder that disagrees with it must not slip past.
     check_pixels(bgr.shape[1], bgr.shape[0], limit, where, info.format)
