@@ -13,6 +13,7 @@ from fer_export.faces import (
     DetectorUnavailableError,
     FaceDetector,
     ImageDecodeError,
+    ImageTooLargeError,
     crop_with_margin,
     decode_image,
 )
@@ -176,6 +177,44 @@ def test_crop_bad_boxes(box: tuple[int, ...]) -> None:
         crop_with_margin(np.zeros((50, 60, 3), np.uint8), box, 0.1)
 
 
+# -- pixel limit (decompression bombs) --------------------------------------------------------
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    packer = zlib.compressobj(9)
+    rows = b"".join(packer.compress(b"\x00" * (width + 1)) for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = rows + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decode_refuses_a_bomb_before_decoding(tmp_path: Path) -> None:
+    bomb = _png_bomb(20000, 20000)
+    with pytest.raises(ImageTooLargeError, match="20000x20000") as info:
+        decode_image(bomb)
+    assert info.value.limit == 40_000_000 and isinstance(info.value, ImageDecodeError)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb)
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.png: image is 20000x20000"):
+        decode_image(path)
+
+
+def test_decode_limit_applies_to_arrays_and_can_be_lifted(png_bytes: bytes) -> None:
+    with pytest.raises(ImageTooLargeError, match="image array: image is 64x48"):
+        decode_image(np.zeros((48, 64, 3), np.uint8), max_pixels=1000)
+    with pytest.raises(ImageTooLargeError, match="64x48"):
+        decode_image(png_bytes, max_pixels=3071)
+    assert decode_image(png_bytes, max_pixels=3072).shape == (48, 64, 3)
+    assert decode_image(png_bytes, max_pixels=None).shape == (48, 64, 3)
+
+
 # -- FaceDetector -----------------------------------------------------------------------------
 
 
@@ -225,3 +264,48 @@ def test_detector_rejects_bad_args() -> None:
         FaceDetector(scale_factor=1.0)
     with pytest.raises(ValueError, match="uint8"):
         FaceDetector().detect(np.zeros((10, 10, 3), np.float32))
+
+
+class _SpyClassifier:
+    """Stands in for the cascade: records the image size it searched, returns one box."""
+
+    def __init__(self, box: tuple[int, int, int, int]) -> None:
+        self.box = box
+        self.shapes: list[tuple[int, ...]] = []
+        self.min_sizes: list[tuple[int, int]] = []
+
+    def detectMultiScale(self, gray: np.ndarray, **kw: object) -> np.ndarray:  # noqa: N802
+        self.shapes.append(gray.shape)
+        self.min_sizes.append(kw["minSize"])  # type: ignore[arg-type]
+        return np.array([self.box])
+
+
+def test_detector_searches_a_scaled_down_copy_of_large_images() -> None:
+    detector = FaceDetector(max_side=1000)
+    spy = _SpyClassifier((100, 50, 40, 40))
+    detector._classifier = spy
+    # 4000 x 2000: searched at 1000 x 500, boxes and min size scaled by 4.
+    assert detector.detect(np.zeros((2000, 4000), np.uint8)) == [(400, 200, 160, 160)]
+    assert spy.shapes == [(500, 1000)] and spy.min_sizes == [(6, 6)]
+    # At or under max_side: searched as is.
+    assert detector.detect(np.zeros((1000, 800), np.uint8)) == [(100, 50, 40, 40)]
+    assert spy.shapes[-1] == (1000, 800) and spy.min_sizes[-1] == (24, 24)
+    unlimited = FaceDetector(max_side=None)
+    unlimited._classifier = spy
+    unlimited.detect(np.zeros((3000, 100), np.uint8))
+    assert spy.shapes[-1] == (3000, 100)
+    with pytest.raises(ValueError, match="max_side"):
+        FaceDetector(max_side=8)
+
+
+def test_detector_finds_a_face_in_a_large_image_at_full_scale_coordinates(
+    helpers: types.ModuleType,
+) -> None:
+    # A 3000 x 2400 scene with a 600 px face at (1800, 900); searched at 1000 px.
+    scene = np.full((2400, 3000, 3), (90, 100, 110), np.uint8)
+    scene[900:1500, 1800:2400] = helpers.draw_face(600)
+    boxes = FaceDetector(max_side=1000).detect(scene)
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    assert 1800 < x + w / 2 < 2400 and 900 < y + h / 2 < 1500
+    assert 0.6 * 600 < w < 1.3 * 600

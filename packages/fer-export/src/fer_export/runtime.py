@@ -52,10 +52,12 @@ from fer_export.contract import (
     ModelContract,
 )
 from fer_export.faces import (
+    DEFAULT_MAX_PIXELS,
     Box,
     FaceDetector,
     ImageDecodeError,
     ImageInput,
+    ImageTooLargeError,
     clip_box,
     crop_with_margin,
     decode_image,
@@ -65,6 +67,7 @@ __all__ = [
     "PROVIDER_NAMES",
     "FERSession",
     "ImageDecodeError",
+    "ImageTooLargeError",
     "ModelLoadError",
     "Prediction",
     "ProviderUnavailableError",
@@ -720,12 +723,18 @@ class FERSession:
         return out
 
     def predict_batch(
-        self, images: Sequence[ImageInput], faces: FacesArg | Sequence[FacesArg] = "detect"
+        self,
+        images: Sequence[ImageInput],
+        faces: FacesArg | Sequence[FacesArg] = "detect",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> list[list[Prediction]]:
         """Predictions for every face of every image, with all faces run together.
 
         ``faces`` is ``"detect"`` or ``"whole"`` for all images, or a sequence with one entry
         per image (``"detect"``, ``"whole"`` or a list of ``(x, y, w, h)`` boxes).
+        ``max_pixels`` (default 40 MP, ``None``: no limit): a larger image raises
+        :class:`ImageTooLargeError` -- for bytes and paths before it is decoded.
         Returns one (possibly empty) list per image.
         """
         images = list(images)
@@ -741,7 +750,7 @@ class FERSession:
         crops: list[np.ndarray] = []
         owners: list[tuple[int, Box, Box]] = []
         for index, (image, face_arg) in enumerate(zip(images, per_image, strict=True)):
-            rgb = decode_image(image)
+            rgb = decode_image(image, max_pixels=max_pixels)
             whole = isinstance(face_arg, str) and face_arg == "whole"
             for raw, box in self._face_boxes(rgb, face_arg):
                 face, crop_box = self._face_input(rgb, raw, whole)
@@ -756,12 +765,19 @@ class FERSession:
             results[index].append(pred)
         return results
 
-    def predict(self, image: ImageInput, faces: FacesArg = "detect") -> list[Prediction]:
+    def predict(
+        self,
+        image: ImageInput,
+        faces: FacesArg = "detect",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> list[Prediction]:
         """Predictions for the faces in one image.
 
         ``image``: RGB ``uint8`` ``(H, W, 3)`` (grayscale ``(H, W)`` and RGBA accepted), a path
         or encoded bytes. ``faces``: ``"detect"`` (the detector's boxes, largest first; no face
         -> ``[]``), ``"whole"`` (the whole image is the face) or a list of ``(x, y, w, h)``
         boxes. Detected and given boxes are cropped with the contract's ``face_margin``.
+        ``max_pixels``: see :meth:`predict_batch` (:class:`ImageTooLargeError` above it).
         """
-        return self.predict_batch([image], [faces])[0]
+        return self.predict_batch([image], [faces], max_pixels=max_pixels)[0]
