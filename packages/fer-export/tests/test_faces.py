@@ -274,7 +274,7 @@ class _SpyClassifier:
         self.shapes: list[tuple[int, ...]] = []
         self.min_sizes: list[tuple[int, int]] = []
 
-    def detectMultiScale(self, gray: np.ndarray, **kw: object) -> np.ndarray:  # noqa: N802
+    def detectMultiScale(self, gray: np.ndarray, **kw: object) -> np.ndarray:
         self.shapes.append(gray.shape)
         self.min_sizes.append(kw["minSize"])  # type: ignore[arg-type]
         return np.array([self.box])

@@ -154,9 +154,9 @@ class FaceDetector:
 
     An image whose longer side exceeds ``max_side`` (default :data:`DETECT_MAX_SIDE`, ``None``:
     never) is searched on a copy scaled down to that side, and the boxes are scaled back: the
-    cascade's time and memory grow with the pixel count (a 40 MP image takes 5 s and 2.3 GB at
-    full size, 0.25 s and 0.3 GB at 2048 px, on a 2-core x86 machine), while faces small enough to be lost by the
-    scaling (under ``24 * side / max_side`` pixels) are too small to classify anyway.
+    cascade's time and memory grow with the pixel count (on a 2-core x86 machine a 40 MP image
+    takes 5 s and 2.3 GB at full size, 0.25 s and 0.3 GB at 2048 px), while the faces that the
+    scaling loses (under ``24 * side / max_side`` pixels) are too small to classify anyway.
 
     Needs OpenCV 4.x (5.x has no ``CascadeClassifier``): a :class:`DetectorUnavailableError`
     says so.
