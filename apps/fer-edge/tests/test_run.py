@@ -113,9 +113,12 @@ def test_folder_with_bad_files(
         assert [f["label"] for f in got] == [p.label for p in expected]
         for f, p in zip(got, expected, strict=True):
             assert f["score"] == pytest.approx(p.score, abs=1e-5)
-    assert "5 images, 4 faces, 1 errors, 1 non-image files skipped" in err
+    assert "5 images, 4 faces, 1 errors, 1 entries skipped (1 not an image suffix (.txt))" in err
     summary = json.loads(summary_file.read_text())
     assert summary["items"] == 5 and summary["errors"] == 1 and summary["skipped"] == 1
+    assert summary["skipped_entries"] == [
+        {"file": "notes.txt", "reason": "not an image suffix (.txt)"}
+    ]
     for name in ("a_one.png", "b_two.jpg", "c_none.png", "sub/d_sub.png"):
         assert cv2.imread(str(annotated / name)) is not None
     assert not (annotated / "bad.jpg").exists()
@@ -266,3 +269,187 @@ def test_keyboard_interrupt_still_summarises(
     assert summary.interrupted and summary.items == 2 and summary.faces == 2
     assert len(out.getvalue().splitlines()) == 2
     assert "(interrupted)" in summary.format()
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A valid 8-bit grey PNG of zeros: ~390 KB for 20000 x 20000, 1.2 GB once decoded as RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    packer = zlib.compressobj(9)
+    rows = b"".join(packer.compress(b"\x00" * (width + 1)) for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows + packer.flush()) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+@pytest.fixture(scope="module")
+def bomb_bytes() -> bytes:
+    return _png_bomb(20000, 20000)
+
+
+def test_bomb_contract_exit_0_listed_with_error_and_bounded_memory(
+    tmp_path: Path, model_path: Path, bomb_bytes: bytes
+) -> None:
+    """The issue's contract: the 20000x20000 PNG ends with exit 0 (the image listed with an
+    error) or 2, never a signal, and the process stays under 1 GB."""
+    bomb = tmp_path / "BOMB.png"
+    bomb.write_bytes(bomb_bytes)
+    out = tmp_path / "F.jsonl"
+    script = (
+        "import resource, sys\n"
+        "from fer_edge.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    argv = ["run", "--model", str(model_path), "--source", str(bomb), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["file"] == "BOMB.png" and record["faces"] == []
+    assert "20000x20000" in record["error"] and "over the limit" in record["error"]
+    maxrss_kb = int(proc.stderr.split("maxrss_kb")[1].split()[0])
+    assert maxrss_kb < 1024 * 1024, f"peak RSS {maxrss_kb} kB"
+    assert "1 images, 0 faces, 1 errors" in proc.stderr
+
+
+def test_every_folder_entry_is_processed_or_skipped_with_a_reason(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mixed"
+    (folder / "m.png").mkdir(parents=True)  # a folder with an image name
+    (folder / "m.png" / "inner.png").write_bytes(encode(scene(1)))
+    (folder / ".hidden.jpg").write_bytes(encode(scene(1), ".jpg"))
+    (folder / ".git").mkdir()
+    (folder / ".git" / "x.png").write_bytes(encode(scene(1)))
+    (folder / "x.png").symlink_to(folder / "gone.png")  # broken link
+    (folder / "linked").symlink_to(folder / "m.png", target_is_directory=True)
+    (folder / "ok.png").write_bytes(encode(scene(1)))
+    (folder / "readme").write_text("no suffix")
+    summary_file = tmp_path / "summary.json"
+    base = ["run", "--model", str(model_path), "--source", str(folder)]
+    code, lines, err = run_cli([*base, "--summary-json", str(summary_file)], capsys)
+    assert code == 0
+    assert [r["file"] for r in lines] == ["ok.png"]
+    skipped = {
+        e["file"]: e["reason"] for e in json.loads(summary_file.read_text())["skipped_entries"]
+    }
+    assert skipped == {
+        ".git": "hidden folder",
+        ".hidden.jpg": "hidden file",
+        "linked": "link to a folder (not followed)",
+        "m.png": "folder (use --recursive to include subfolders)",
+        "readme": "not an image suffix (none)",
+        "x.png": "broken link",
+    }
+    assert "1 images" in err and "6 entries skipped" in err and "1 broken link" in err
+
+    code, lines, err = run_cli([*base, "--recursive", "--summary-json", str(summary_file)], capsys)
+    assert code == 0
+    assert [r["file"] for r in lines] == ["m.png/inner.png", "ok.png"]
+    skipped = {
+        e["file"]: e["reason"] for e in json.loads(summary_file.read_text())["skipped_entries"]
+    }
+    assert set(skipped) == {".git", ".hidden.jpg", "linked", "readme", "x.png"}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_named_like_an_image_is_skipped_not_read(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    folder = tmp_path / "fifo"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.png")
+    summary_file = tmp_path / "summary.json"
+    code, lines, _ = run_cli(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--source",
+            str(folder),
+            "--summary-json",
+            str(summary_file),
+        ],
+        capsys,
+    )
+    assert code == 0 and lines == []
+    entries = json.loads(summary_file.read_text())["skipped_entries"]
+    assert entries == [{"file": "pipe.png", "reason": "not a regular file"}]
+
+
+def test_truncated_video_says_so(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (96, 96))
+    rng = __import__("numpy").random.default_rng(0)
+    for _ in range(20):
+        writer.write(rng.integers(0, 256, (96, 96, 3)).astype("uint8"))
+    writer.release()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    summary_file = tmp_path / "summary.json"
+    code, lines, err = run_cli(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--source",
+            str(cut),
+            "--faces",
+            "whole",
+            "--summary-json",
+            str(summary_file),
+        ],
+        capsys,
+    )
+    assert code == 0 and 0 < len(lines) < 20
+    assert f"warning: video ended after {len(lines)} of the 20 frames" in err
+    assert "truncated or corrupt" in json.loads(summary_file.read_text())["warnings"][0]
+    # The whole file: no warning.
+    code, lines, err = run_cli(
+        ["run", "--model", str(model_path), "--source", str(path), "--faces", "whole"], capsys
+    )
+    assert code == 0 and len(lines) == 20 and "warning" not in err
+
+
+def test_a_failing_prediction_becomes_an_error_line_not_a_crash(
+    model_path: Path, session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from fer_edge.pipeline import run_source
+    from fer_edge.sources import Item, Source
+
+    class TwoFrames(Source):
+        kind = "video"
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield Item(0, None, rgb=scene(1))
+            yield Item(1, None, rgb=scene(1))
+
+    calls = []
+
+    def flaky(frames, faces):  # type: ignore[no-untyped-def]
+        calls.append(len(frames))
+        if len(calls) == 1:
+            raise ValueError("box (3, 3, 0, 0) is empty")
+        return [[] for _ in frames]
+
+    monkeypatch.setattr(session, "predict_batch", flaky)
+    out = io.StringIO()
+    summary = run_source(session, TwoFrames("clip"), out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["error"] for r in records] == ["prediction failed: box (3, 3, 0, 0) is empty", None]
+    assert summary.items == 2 and summary.errors == 1

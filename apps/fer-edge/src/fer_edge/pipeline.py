@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 from fer_edge.annotate import draw_predictions
-from fer_edge.sources import Item, Source
+from fer_edge.sources import Item, Skipped, Source
 from fer_export.runtime import FERSession, Prediction
 
 __all__ = ["Summary", "face_record", "run_source"]
@@ -36,10 +37,16 @@ class Summary:
     items: int = 0
     faces: int = 0
     errors: int = 0
-    skipped: int = 0
+    skipped_entries: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     interrupted: bool = False
+
+    @property
+    def skipped(self) -> int:
+        """Folder entries not processed (hidden, not images, folders, broken links...)."""
+        return len(self.skipped_entries)
 
     @property
     def mean_ms(self) -> float:
@@ -69,6 +76,8 @@ class Summary:
             "faces": self.faces,
             "errors": self.errors,
             "skipped": self.skipped,
+            "skipped_entries": [{"file": e.name, "reason": e.reason} for e in self.skipped_entries],
+            "warnings": list(self.warnings),
             "mean_latency_ms": self.mean_ms,
             "p95_latency_ms": self.p95_ms,
             "wall_s": self.wall_s,
@@ -79,14 +88,17 @@ class Summary:
     def format(self) -> str:
         """The human-readable summary printed to stderr."""
         unit = "frames" if self.kind in ("video", "camera") else "images"
+        reasons = Counter(e.reason for e in self.skipped_entries)
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
         lines = [
             f"fer-edge run: {self.items} {unit}, {self.faces} faces, {self.errors} errors"
-            + (f", {self.skipped} non-image files skipped" if self.skipped else "")
+            + (f", {self.skipped} entries skipped ({skipped})" if self.skipped else "")
             + (" (interrupted)" if self.interrupted else ""),
             f"  latency: mean {self.mean_ms:.2f} ms, p95 {self.p95_ms:.2f} ms per {unit[:-1]}",
             f"  provider: {self.provider}; throughput {self.throughput:.1f} {unit}/s "
             f"({self.wall_s:.2f} s)",
         ]
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -183,7 +195,9 @@ def run_source(
     """
     if batch < 1 or every < 1:
         raise ValueError(f"batch and every must be >= 1, got {batch} and {every}")
-    summary = Summary(source.spec, source.kind, session.provider, skipped=source.skipped)
+    summary = Summary(
+        source.spec, source.kind, session.provider, skipped_entries=source.skipped_entries
+    )
     annotator = _Annotator(Path(annotate), source, every) if annotate is not None else None
     start = time.perf_counter()
     try:
@@ -194,7 +208,13 @@ def run_source(
             elapsed_ms = 0.0
             if good:
                 t0 = time.perf_counter()
-                results = session.predict_batch(frames, faces)
+                try:
+                    results = session.predict_batch(frames, faces)
+                except ValueError as exc:
+                    # One bad image must not end the run: its group gets the error instead.
+                    for item in good:
+                        item.rgb, item.error = None, f"prediction failed: {exc}"
+                    good, results = [], []
                 elapsed_ms = (time.perf_counter() - t0) * 1000.0
             by_id = {id(item): preds for item, preds in zip(good, results, strict=True)}
             for item in group:
@@ -229,6 +249,7 @@ def run_source(
         summary.interrupted = True
     finally:
         summary.wall_s = time.perf_counter() - start
+        summary.warnings.extend(source.warnings)
         if annotator is not None:
             annotator.close()
         source.close()
