@@ -271,6 +271,18 @@ with torch.no_grad():
 assert out.shape == (1, 7), out.shape
 print("e2capsnet_small forward", tuple(out.shape))
 """,
+    "fer-images": """
+import cv2, numpy as np
+from fer_images import ImageTooLargeError, decode_rgb
+ok, png = cv2.imencode(".png", np.zeros((3, 4, 3), np.uint8))
+assert decode_rgb(png.tobytes()).shape == (3, 4, 3)
+try:
+    decode_rgb(png.tobytes(), max_pixels=11)
+except ImageTooLargeError as exc:
+    print("fer_images ok:", exc)
+else:
+    raise AssertionError("the pixel limit was not enforced")
+""",
     "fer-export": """
 from fer_export import FERSession, ModelContract
 print("fer_export ok", FERSession.__name__, ModelContract.__name__)
@@ -281,11 +293,13 @@ print("fer_export ok", FERSession.__name__, ModelContract.__name__)
 # every installed distribution must be required by the member, directly or transitively.
 INSTALL_REQUIRED: dict[str, set[str]] = {
     "band-ops": {"torch"},
-    "fer-export": {"onnx", "numpy"},
+    "fer-images": {"numpy", "opencv-python-headless"},
+    "fer-export": {"onnx", "numpy", "fer-images"},
     "fer-edge": {"fer-export", "fastapi", "uvicorn"},
 }
 INSTALL_FORBIDDEN: dict[str, set[str]] = {
     "band-ops": {"transformers", "accelerate", "peft"},
+    "fer-images": {"torch", "onnxruntime", "onnxruntime-gpu"},
     "capsnet-model": {"onnxruntime", "onnxruntime-gpu", "transformers"},
     "fer-export": {"torch", "capsnet-model", "onnxscript"},
     "fer-edge": {"torch", "capsnet-model", "onnxscript"},

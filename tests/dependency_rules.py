@@ -90,12 +90,16 @@ RULES: dict[str, Rule] = {
         ),
         extras={"math": frozenset({"math-verify"})},
     ),
+    # Decoding with a pixel limit, shared by the training loaders and the edge runtime.
+    "fer-images": Rule(runtime=frozenset({"numpy", *OPENCV})),
     # safetensors: checkpoints (DESIGN conventions); tqdm: the training progress bar.
     "capsnet-model": Rule(
-        runtime=frozenset({"torch", "numpy", "albumentations", *OPENCV, "safetensors", "tqdm"})
+        runtime=frozenset(
+            {"torch", "numpy", "albumentations", *OPENCV, "safetensors", "tqdm", "fer-images"}
+        )
     ),
     "fer-export": Rule(
-        runtime=frozenset({*ONNXRUNTIME, "onnx", "numpy", *OPENCV}),
+        runtime=frozenset({*ONNXRUNTIME, "onnx", "numpy", *OPENCV, "fer-images"}),
         extras={"export": frozenset({"torch", "onnxscript", "capsnet-model"})},
         extra_modules={"export": ("fer_export.export",)},
     ),

@@ -8,8 +8,9 @@ band-ops               torch
 rl-trainer             band-ops, torch, transformers, accelerate, peft, safetensors, datasets
                        (+ pyyaml, tqdm, tokenizers: already brought by transformers)
 rl-trainer[math]       + math-verify (imported lazily)
-capsnet-model          torch, numpy, albumentations, opencv
-fer-export (runtime)   onnxruntime / onnxruntime-gpu, onnx, numpy, opencv
+fer-images            numpy, opencv
+capsnet-model          torch, numpy, albumentations, opencv, fer-images
+fer-export (runtime)   onnxruntime / onnxruntime-gpu, onnx, numpy, opencv, fer-images
 fer-export[export]     + torch, onnxscript, capsnet-model
 apps                   anything they declare
 =====================  =====================================================================
@@ -86,8 +87,9 @@ def test_member_follows_dependency_rules(member: Member) -> None:
 
 
 def test_rules_cover_design_table() -> None:
-    assert set(RULES) == {"band-ops", "rl-trainer", "capsnet-model", "fer-export"}
+    assert set(RULES) == {"band-ops", "rl-trainer", "fer-images", "capsnet-model", "fer-export"}
     assert RULES["band-ops"].allowed == {"torch"}
+    assert "torch" not in RULES["fer-images"].allowed
     assert "torch" not in RULES["fer-export"].runtime
     assert {"torch", "onnxscript", "capsnet-model"} <= RULES["fer-export"].allowed
 

@@ -241,6 +241,11 @@ ALL = sorted(MEMBER_NAMES)
             ["capsnet-model", "fer-edge", "fer-export", "fer-train"],
         ),
         (["packages/fer-export/CHANGELOG.md"], ["fer-edge", "fer-export", "fer-train"]),
+        # Both FER sides decode through fer-images.
+        (
+            ["packages/fer-images/src/fer_images/probe.py"],
+            ["capsnet-model", "fer-edge", "fer-export", "fer-train", "fer-images"],
+        ),
         # fer-edge's tests train with fer-train (its `test` group): groups count too.
         (["apps/fer-train/src/fer_train/cli.py"], ["fer-edge", "fer-train"]),
         (["apps/fer-edge/README.md"], ["fer-edge"]),

@@ -43,8 +43,8 @@ print(json.dumps({"present": present, "python": sys.executable}))
 
 @pytest.mark.slow
 def test_fer_edge_installs_without_torch(tmp_path: Path) -> None:
-    """A fresh Python 3.10 venv outside the workspace gets fer-edge + fer-export from their
-    directories and their registry dependencies (from uv's cache when warm): torch must not
+    """A fresh Python 3.10 venv outside the workspace gets fer-edge + fer-export + fer-images
+    from their directories and their registry dependencies (from uv's cache when warm): torch must not
     come in, the CLI must start, and fer-edge's torch-free tests must pass there."""
     uv = shutil.which("uv")
     assert uv is not None, "uv is needed on PATH for this test (pip install uv)"
@@ -63,6 +63,7 @@ def test_fer_edge_installs_without_torch(tmp_path: Path) -> None:
             "--quiet",
             "--python",
             str(python),
+            str(ROOT / "packages" / "fer-images"),
             str(ROOT / "packages" / "fer-export"),
             str(ROOT / "apps" / "fer-edge"),
             "pytest>=8.3",

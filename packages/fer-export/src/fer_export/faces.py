@@ -3,7 +3,7 @@
 * :func:`decode_image` turns encoded bytes, a file path or an array into an RGB ``uint8``
   ``(H, W, 3)`` array, raising :class:`ImageDecodeError` for anything undecodable and
   :class:`ImageTooLargeError` for an image over the pixel limit -- read from the header, before
-  decoding, by :mod:`image_guard` (decompression bombs);
+  decoding, by :mod:`fer_images` (decompression bombs);
 * :class:`FaceDetector` finds frontal faces with OpenCV's Haar cascade
   (``haarcascade_frontalface_default.xml``, shipped with ``opencv-python-headless`` 4.x), on a
   copy scaled down to at most ``max_side`` pixels so its cost and memory stay bounded;
@@ -22,7 +22,7 @@ from typing import TypeAlias
 import cv2
 import numpy as np
 
-from image_guard import (
+from fer_images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     ImageTooLargeError,
@@ -90,7 +90,7 @@ def as_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
 def decode_image(data: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any supported image input -> RGB ``uint8`` ``(H, W, 3)`` (C-contiguous).
 
-    ``data`` is encoded image bytes (the formats of :data:`image_guard.SUPPORTED_FORMATS`), a
+    ``data`` is encoded image bytes (the formats of :data:`fer_images.SUPPORTED_FORMATS`), a
     path to such a file, or an array (see :func:`as_rgb`; arrays are taken to be RGB already).
 
     Raises :class:`ImageTooLargeError` for an image over ``max_pixels`` (default 40 MP;

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from image_guard import SUPPORTED_FORMATS, ImageDecodeError, ImageInfo, probe
+from fer_images import SUPPORTED_FORMATS, ImageDecodeError, ImageInfo, probe
 
 # (suffix given to cv2.imencode, format probe() names, whether the image is float)
 ENCODED = [

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from image_guard import (
+from fer_images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     ImageTooLargeError,

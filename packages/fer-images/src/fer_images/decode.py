@@ -3,7 +3,7 @@
 The limit is the defence against decompression bombs: a 390 KB PNG can announce 20000 x 20000
 pixels, which OpenCV would inflate into 1.2 GB (and a face detector run over it would take
 gigabytes more, or crash). :func:`decode_rgb` reads the size from the header
-(:func:`image_guard.probe.probe`) and refuses such an image before any pixel is decoded.
+(:func:`fer_images.probe.probe`) and refuses such an image before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from image_guard.probe import ImageDecodeError, ImageInfo, probe
+from fer_images.probe import ImageDecodeError, ImageInfo, probe
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -11,7 +11,7 @@ a supported format, :class:`ImageTooLargeError` (a subclass) for one over the li
 
 from importlib import metadata as _metadata
 
-from image_guard.decode import (
+from fer_images.decode import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ImageTooLargeError,
@@ -19,9 +19,9 @@ from image_guard.decode import (
     decode_rgb,
     read_rgb,
 )
-from image_guard.probe import SUPPORTED_FORMATS, ImageDecodeError, ImageInfo, probe
+from fer_images.probe import SUPPORTED_FORMATS, ImageDecodeError, ImageInfo, probe
 
-__version__ = _metadata.version("image-guard")
+__version__ = _metadata.version("fer-images")
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
