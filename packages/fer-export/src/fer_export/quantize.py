@@ -218,10 +218,13 @@ def image_dir_batches(
     directory: str | Path, contract: ModelContract, count: int = 256, batch_size: int = 32
 ) -> Iterator[np.ndarray]:
     """Up to ``count`` face crops from ``directory`` (recursively; .jpg/.jpeg/.png/.bmp),
-    decoded with OpenCV, resized to ``S x S`` and preprocessed by ``contract``, in float32
-    batches ``(<= batch_size, 3, S, S)``. Unreadable files are skipped; no image at all is
-    a ``ValueError``."""
+    decoded with :func:`fer_images.read_rgb` (images over its default 40 MP limit are refused
+    from their headers), resized to ``S x S`` and preprocessed by ``contract``, in float32
+    batches ``(<= batch_size, 3, S, S)``. Unreadable and oversized files are skipped; no image
+    at all is a ``ValueError``."""
     import cv2
+
+    from fer_images import ImageDecodeError, read_rgb
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -235,12 +238,13 @@ def image_dir_batches(
         for f in files:
             if n >= count:
                 return
-            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if bgr is None:
+            try:
+                rgb = read_rgb(f)
+            except (ImageDecodeError, OSError):
                 continue
-            shrink = bgr.shape[0] * bgr.shape[1] > s * s
-            bgr = cv2.resize(bgr, (s, s), interpolation=cv2.INTER_AREA if shrink else 1)
-            yield bgr if contract.channel_order == "BGR" else bgr[..., ::-1].copy()
+            shrink = rgb.shape[0] * rgb.shape[1] > s * s
+            rgb = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_AREA if shrink else 1)
+            yield rgb[..., ::-1].copy() if contract.channel_order == "BGR" else rgb
             n += 1
 
     found = False
