@@ -108,7 +108,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:
     the dataclass defaults, and each dataclass's own ``__post_init__`` runs as it is built.
 
     Raises ``ConfigError`` (a ``ValueError``) for unknown keys (naming the closest valid one),
-    missing required fields, values of the wrong type and ``ValueError``s from ``__post_init__``;
+    missing required fields, values of the wrong type and ``ValueError``s from ``__post_init__``
+    (a ``ConfigError`` raised there with a path names that field, relative to the dataclass);
     the message starts with ``where`` (e.g. a file name) when given, then the dotted key path.
     Raises ``TypeError`` when ``cls`` is not a dataclass or has an unsupported annotation.
     """
@@ -163,6 +164,10 @@ def _build(cls: type[T], data: Any, path: KeyPath) -> T:
     }
     try:
         return cls(**kwargs)
+    except ConfigError as exc:
+        # A __post_init__ that checks fields together names the one at fault (a path relative to
+        # cls), so that load_config can point at the file line or override that set it.
+        raise ConfigError(exc.problem, (*path, *exc.path), exc.where) from exc
     except ValueError as exc:  # the dataclass's own __post_init__ checks
         raise ConfigError(str(exc), path) from exc
 
