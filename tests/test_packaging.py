@@ -174,9 +174,13 @@ def test_wheel_metadata(dists: Path, pyproject: Path) -> None:
     wheels = list(dists.glob(f"{_dist_stem(project)}-{project['version']}-*.whl"))
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(wheels[0]) as whl:
-        name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        names = whl.namelist()
+        name = next(n for n in names if n.endswith(".dist-info/METADATA"))
         raw = whl.read(name)
         meta = email.message_from_bytes(raw)
+    # PEP 561: the marker that lets mypy use the package's own annotations.
+    packages = {n.split("/", 1)[0] for n in names if n.endswith("/__init__.py")}
+    assert packages and all(f"{p}/py.typed" in names for p in packages), sorted(names)[:20]
     assert normalize(meta["Name"]) == normalize(project["name"])
     assert meta["Version"] == project["version"]
     assert meta["Summary"] == project["description"]
