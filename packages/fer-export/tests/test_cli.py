@@ -100,7 +100,7 @@ def test_error_exit_codes(
          "checkpoint not found"),
         (["verify", str(out), str(tmp_path / "missing.safetensors")], "checkpoint not found"),
         (["info", str(tmp_path / "missing.onnx")], "ONNX file not found"),
-        (["info", str(ckpt)], "is not an ONNX file"),
+        (["info", str(ckpt)], "is not a readable ONNX model (cannot parse"),
         (["export", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib",
           str(tmp_path / "nofaces")], "calibration folder not found"),
     ]  # fmt: skip
@@ -127,3 +127,75 @@ def test_error_exit_codes(
         assert message in err, (argv, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _plain_classifier(
+    path: Path, size: int | str, classes: int = 7, metadata: dict[str, str] | None = None
+) -> Path:
+    """A valid ONNX classifier (Conv -> GlobalAveragePool -> Flatten -> Gemm) taking
+    ``image (N, 3, size, size)``, with ``metadata`` (none by default); built without torch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "cw"], ["conv"], kernel_shape=[3, 3]),
+            helper.make_node("GlobalAveragePool", ["conv"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "gw"], ["scores"]),
+        ],
+        "plain",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "cw"),
+            numpy_helper.from_array(rng.normal(size=(4, classes)).astype(np.float32), "gw"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, metadata or {})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_verify_bad_onnx_is_one_line_exit_2(
+    exported: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    helpers: Any,
+) -> None:
+    """A valid ONNX file verify cannot use is bad input (exit 2, one line), not an
+    onnxruntime traceback or a failed verification."""
+    ckpt, _ = exported  # a 64 px model with 7 classes
+    labels = ["neutral", "anger", "contempt", "disgust", "fear", "happiness", "sadness"]
+
+    def meta(size: int) -> dict[str, str]:
+        return helpers.tiny_contract(labels=tuple(labels), input_size=size).to_metadata()
+
+    cases = [
+        (_plain_classifier(tmp_path / "bare.onnx", 64), "bare.onnx has no FER metadata"),
+        (
+            _plain_classifier(tmp_path / "small.onnx", 32, metadata=meta(32)),
+            "small.onnx: fer.input_size is 32 but E2Capsnet takes 64 x 64 images",
+        ),
+        (  # symbolic spatial axes: only the metadata says 32
+            _plain_classifier(tmp_path / "dyn.onnx", "S", metadata=meta(32)),
+            "dyn.onnx: fer.input_size is 32 but E2Capsnet takes 64 x 64 images",
+        ),
+        (
+            _plain_classifier(tmp_path / "graph.onnx", 32, metadata=meta(64)),
+            "graph.onnx: fer.input_size is 64 but input 'image' has size 32",
+        ),
+    ]
+    for onnx_path, message in cases:
+        for extra in ([], ["--json"]):
+            assert main(["verify", str(onnx_path), str(ckpt), *extra]) == 2, onnx_path
+            captured = capsys.readouterr()
+            lines = captured.err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("fer-export: error: "), captured.err
+            assert message in lines[0], lines
+            assert captured.out == ""

@@ -10,8 +10,10 @@
                      [--no-floor] [--json FILE]
 
 ``info`` and ``bench`` need neither torch nor capsnet-model (they run on the edge box);
-``export`` and ``verify`` import them only when they run. Bad input (missing or wrong file)
-is one line on stderr and exit code 2; a failed verification is exit code 1.
+``export`` and ``verify`` import them only when they run. Bad input -- a missing file, a
+directory, an empty or non-ONNX file, a model without or with invalid ``fer.*`` metadata, a
+model the checkpoint cannot be compared with -- is one line ``fer-export: error: ...`` on
+stderr and exit code 2; a failed verification is exit code 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fer_export.contract import ContractError, ModelContract
+from fer_export.contract import ContractError, ModelFile, ModelLoadError, read_model
 
 __all__ = ["main"]
 
@@ -103,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _require_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory, expected a file")
     if not path.is_file():
         raise UsageError(f"{what} not found: {path}")
 
@@ -110,16 +114,6 @@ def _require_file(path: Path, what: str) -> None:
 def _variant(path: Path, tag: str) -> Path:
     """``model.onnx`` -> ``model.<tag>.onnx`` next to it."""
     return path.with_name(f"{path.stem}.{tag}{path.suffix or '.onnx'}")
-
-
-def _load_onnx(path: Path) -> Any:
-    import onnx
-
-    _require_file(path, "ONNX file")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise UsageError(f"{path} is not an ONNX file ({type(exc).__name__})") from exc
 
 
 def _quiet_exporter() -> None:
@@ -199,9 +193,10 @@ def _report(path: Path, stats: dict[str, float]) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    _require_file(args.onnx, "ONNX file")
+    # A file without (valid) FER metadata fails here, before torch is imported; a model the
+    # checkpoint cannot be compared with fails in verify_onnx with a ContractError.
+    read_model(args.onnx)
     _require_file(args.checkpoint, "checkpoint")
-    _load_onnx(args.onnx)
     _quiet_exporter()
     from fer_export.export import VerificationError, load_checkpoint, verify_onnx
 
@@ -230,12 +225,8 @@ def contract_summary(path: Path) -> dict[str, Any]:
     """Everything ``fer-export info`` prints, as a JSON-able dict."""
     import onnx
 
-    proto = _load_onnx(path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    try:
-        contract = ModelContract.from_metadata(meta, str(path))
-    except ContractError as exc:
-        raise UsageError(str(exc)) from exc
+    loaded: ModelFile = read_model(path)
+    proto, contract = loaded.proto, loaded.contract
 
     def io(values: Any) -> list[dict[str, Any]]:
         return [
@@ -299,7 +290,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from fer_export.runtime import ProviderUnavailableError
 
     for path in args.onnx:
-        _load_onnx(path)  # a missing or non-ONNX file fails before any output
+        read_model(path)  # a bad file fails before any output
     if min(args.batches) < 1:
         raise UsageError(f"--batches must be >= 1, got {args.batches}")
     if args.runs < 1 or args.warmup < 0 or args.max_seconds <= 0:
@@ -362,6 +353,11 @@ def _may_use_cpu(providers: Sequence[str]) -> bool:
     return any(p.lower() in ("auto", "cpu", "cpuexecutionprovider") for p in providers)
 
 
+def _one_line(message: str) -> str:
+    """``message`` with its lines joined (a file name or ORT text may hold newlines)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 verification failed, 2 bad
     input)."""
@@ -374,8 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (UsageError, FileNotFoundError, ContractError) as exc:
-        print(f"fer-export: error: {exc}", file=sys.stderr)
+    except (UsageError, FileNotFoundError, ModelLoadError, ContractError) as exc:
+        # One line: ONNX Runtime's messages can span several.
+        print(f"fer-export: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         print(

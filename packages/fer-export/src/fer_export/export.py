@@ -37,7 +37,10 @@ from fer_export.contract import (
     ATTENTION_MODES,
     IMAGE_INPUT,
     SCORES_OUTPUT,
+    ContractError,
     ModelContract,
+    ModelLoadError,
+    read_model,
 )
 
 __all__ = [
@@ -477,7 +480,30 @@ def _session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types (Fail, InvalidGraph...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"onnxruntime cannot load {path}: {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def _check_comparable(path: Path, model: nn.Module) -> None:
+    """ContractError when ``path``'s contract cannot describe ``model``: another input size,
+    or an attention input the model does not take."""
+    contract = read_model(path).contract
+    size = _image_size(model)
+    if contract.input_size != size:
+        raise ContractError(
+            f"{path}: fer.input_size is {contract.input_size} but {type(model).__name__} takes "
+            f"{size} x {size} images: the file was not exported from this model"
+        )
+    if contract.attention == "input" and not _uses_attention(model):
+        raise ContractError(
+            f"{path}: fer.attention is 'input' but {type(model).__name__} has no attention "
+            "map input: the file was not exported from this model"
+        )
 
 
 def _torch_scores(model: nn.Module, feeds: dict[str, np.ndarray], mode: str) -> np.ndarray:
@@ -510,12 +536,20 @@ def verify_onnx(
     row whose reference top-1/top-2 margin exceeds ``atol`` (exact ties are ambiguous). An
     all-zero input must give finite scores. Returns the :class:`VerifyReport`; raises
     :class:`VerificationError` (with ``.report``) when any check fails.
+
+    Before comparing anything, ``path`` is read with :func:`fer_export.contract.read_model`:
+    :class:`FileNotFoundError`, :class:`~fer_export.contract.ModelLoadError` or
+    :class:`~fer_export.contract.ContractError` for a bad file, no or invalid ``fer.*``
+    metadata, or a contract that does not fit ``model`` (another input size, an attention
+    input the model lacks); ``ModelLoadError`` also when ONNX Runtime cannot load the file.
+    ONNX Runtime failing on a batch is a failed check (``VerificationError``).
     """
     path = Path(path)
     start = time.perf_counter()
     if isinstance(model, (str, Path)):
         model = load_checkpoint(model)[0]
     model.eval()
+    _check_comparable(path, model)
     report = VerifyReport(path=str(path), atol=atol)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -541,10 +575,21 @@ def verify_onnx(
             )
         return feeds
 
+    def ort_scores(feeds: dict[str, np.ndarray], what: str) -> np.ndarray:
+        try:
+            return np.asarray(sess.run([SCORES_OUTPUT], feeds)[0])
+        except Exception as exc:  # ORT's own types: a graph that fails on valid inputs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            report.problems.append(f"{what}: onnxruntime failed: {type(exc).__name__}: {first}")
+            report.seconds = time.perf_counter() - start
+            raise VerificationError(
+                f"{path}: onnxruntime fails on {what}: {type(exc).__name__}: {first}", report
+            ) from exc
+
     for n in batch_sizes:
         feeds = feeds_for(int(n))
         want = _torch_scores(model, feeds, mode)
-        got = np.asarray(sess.run([SCORES_OUTPUT], feeds)[0])
+        got = ort_scores(feeds, f"batch {n}")
         if got.shape != want.shape:
             report.problems.append(f"batch {n}: ONNX shape {got.shape} vs torch {want.shape}")
             continue
@@ -567,7 +612,7 @@ def verify_onnx(
         if mismatches:
             report.problems.append(f"batch {n}: top-1 differs on {mismatches} of {n} rows")
 
-    zeros = np.asarray(sess.run([SCORES_OUTPUT], feeds_for(2, zero=True))[0])
+    zeros = ort_scores(feeds_for(2, zero=True), "the all-zero input")
     report.zero_input_finite = bool(np.isfinite(zeros).all())
     if not report.zero_input_finite:
         report.problems.append("all-zero input gives NaN/inf scores")

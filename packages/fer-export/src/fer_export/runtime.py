@@ -50,6 +50,8 @@ from fer_export.contract import (
     SCORES_OUTPUT,
     ContractError,
     ModelContract,
+    ModelLoadError,
+    read_model,
 )
 from fer_export.faces import (
     DEFAULT_MAX_PIXELS,
@@ -85,10 +87,6 @@ _SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
 Detector: TypeAlias = Callable[[np.ndarray], Sequence[Sequence[int]]]
 FacesArg: TypeAlias = str | Sequence[Sequence[int]]
 ProviderOptions: TypeAlias = dict[str, Any]
-
-
-class ModelLoadError(ValueError):
-    """A file that is not a loadable ONNX model (corrupt, truncated, not ONNX at all)."""
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -235,96 +233,6 @@ def _normalise_providers(providers: str | Sequence[str]) -> tuple[bool, list[str
 
 
 # ---------------------------------------------------------------------------------------------
-# Model file and graph interface.
-
-
-def _dims(value_info: Any) -> list[int | str | None]:
-    """Static dims as ints, symbolic ones as their name (or None when unnamed)."""
-    t = value_info.type.tensor_type
-    if not t.HasField("shape"):
-        return []
-    out: list[int | str | None] = []
-    for d in t.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        else:
-            out.append(d.dim_param or None)
-    return out
-
-
-def _load_model(path: Path) -> Any:
-    """``onnx.ModelProto`` of ``path`` (external weights not loaded), or ModelLoadError."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError, ValueError, OSError...
-        raise ModelLoadError(
-            f"{path} is not a readable ONNX model (corrupt or truncated?): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
-        raise ModelLoadError(f"{path} is not an ONNX model (no IR version or no graph)")
-    return model
-
-
-def _check_interface(model: Any, contract: ModelContract, where: str) -> int | None:
-    """Check graph inputs/outputs against ``contract``; returns a static batch size or None."""
-    graph = model.graph
-    initialisers = {init.name for init in graph.initializer}
-    inputs = {vi.name: vi for vi in graph.input if vi.name not in initialisers}
-    outputs = {vi.name: vi for vi in graph.output}
-    expected = list(contract.inputs)
-    if sorted(inputs) != sorted(expected):
-        raise ContractError(
-            f"{where}: graph inputs {sorted(inputs)} do not match the contract "
-            f"(attention={contract.attention!r} needs {expected})"
-        )
-    if SCORES_OUTPUT not in outputs:
-        raise ContractError(
-            f"{where}: graph has no {SCORES_OUTPUT!r} output (outputs: {sorted(outputs)})"
-        )
-    size = contract.input_size
-    float32 = 1  # onnx.TensorProto.FLOAT
-    batch: int | None = None
-    for name, channels in ((IMAGE_INPUT, 3), (ATTENTION_INPUT, 1)):
-        if name not in inputs:
-            continue
-        vi = inputs[name]
-        elem = vi.type.tensor_type.elem_type
-        if elem != float32:
-            raise ContractError(f"{where}: input {name!r} must be float32, got elem_type {elem}")
-        dims = _dims(vi)
-        want = ("N", channels, size, size)
-        if len(dims) != 4:
-            raise ContractError(
-                f"{where}: input {name!r} must have rank 4 {want}, got shape {dims}"
-            )
-        for axis, (got, exp) in enumerate(zip(dims[1:], want[1:], strict=True), start=1):
-            if isinstance(got, int) and got != exp:
-                what = "channels" if axis == 1 else "size"
-                raise ContractError(
-                    f"{where}: input {name!r} has {what} {got} on axis {axis}, expected {exp} "
-                    f"(shape {dims}, contract input_size {size})"
-                )
-        if isinstance(dims[0], int) and dims[0] > 0:
-            batch = dims[0]
-    dims = _dims(outputs[SCORES_OUTPUT])
-    if dims:
-        if len(dims) != 2:
-            raise ContractError(
-                f"{where}: output {SCORES_OUTPUT!r} must be (N, {contract.num_classes}), "
-                f"got shape {dims}"
-            )
-        if isinstance(dims[1], int) and dims[1] != contract.num_classes:
-            raise ContractError(
-                f"{where}: output {SCORES_OUTPUT!r} has {dims[1]} classes but the contract "
-                f"names {contract.num_classes} labels"
-            )
-    return batch
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class FERSession:
@@ -347,8 +255,10 @@ class FERSession:
 
     Raises:
         FileNotFoundError: no such file.
-        ModelLoadError: not an ONNX model (a ValueError).
-        ContractError: no or invalid FER metadata, or a graph that does not match it.
+        ModelLoadError: a directory, an empty file, not an ONNX model, or one ONNX Runtime
+            cannot load (a ValueError; the message names the cause).
+        ContractError: no or invalid FER metadata, or a graph that does not match it (a
+            ValueError naming the key, its value and what it should be).
         ProviderUnavailableError: an explicitly requested provider cannot be used.
         ValueError: unknown provider name or bad argument.
     """
@@ -376,16 +286,11 @@ class FERSession:
                 f"trt_batch must be (min, opt, max) with 1 <= min <= opt <= max, got {trt_batch}"
             )
         auto, wanted = _normalise_providers(providers)
-        if not self.path.exists():
-            raise FileNotFoundError(f"FER model file not found: {self.path}")
-        if not self.path.is_file():
-            raise ModelLoadError(f"{self.path} is not a file")
-
-        model = _load_model(self.path)
-        self._metadata = {p.key: p.value for p in model.metadata_props}
-        self._contract = ModelContract.from_metadata(self._metadata, where=str(self.path))
-        self._static_batch = _check_interface(model, self._contract, str(self.path))
-        del model
+        loaded = read_model(self.path)  # the CLI's checks and messages for bad files
+        self._metadata = loaded.metadata
+        self._contract: ModelContract = loaded.contract
+        self._static_batch = loaded.static_batch
+        del loaded  # the protobuf: ONNX Runtime reads the file itself
 
         self.device_id = int(device_id)
         self.trt_fp16 = bool(trt_fp16)
