@@ -30,6 +30,7 @@ FILES = (
     "test_confusion.png",
     "learning_curves.png",
     "config.yaml",
+    "skipped.csv",
 )
 
 
@@ -96,6 +97,15 @@ def test_report_states_the_numbers(tiny_run: Path) -> None:
     for v in m["variants"].values():
         assert f"{v['size_ratio']:.2f}x" in text
     assert "(learning_curves.png)" in text and "(test_confusion.png)" in text
+
+
+def test_clean_data_skips_nothing(tiny_run: Path) -> None:
+    """Synthetic faces have nothing to skip: skipped.csv is its header alone, and the
+    metrics and the report say none were left out."""
+    assert (tiny_run / "skipped.csv").read_text() == "split,where,reason\n"
+    skipped = _metrics(tiny_run)["skipped"]
+    assert skipped["count"] == 0 and skipped["first"] == [] and skipped["on_error"] == "raise"
+    assert "- none (data.on_error=raise)" in (tiny_run / "report.md").read_text()
 
 
 def test_resume_after_a_finished_run_trains_no_more(tiny_run: Path, tmp_path: Path) -> None:

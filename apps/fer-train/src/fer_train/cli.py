@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fer-train`` console script; returns the exit status.
 
     0: done; 1: the exported model failed the parity check; 2: a user error (bad key or
-    value, missing data, an output directory holding a run), reported in one line.
+    value, missing data, a bad row or image under ``data.on_error=raise``, an output
+    directory holding a run), reported in one line.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):

@@ -67,8 +67,12 @@ class DataConfig:
     root: str = ""
     #: AffectNet image folder (``Manually_Annotated_Images``); default ``root``'s.
     image_root: str = ""
-    #: ``raise`` on a bad row or image, or ``skip`` it (counted in the report).
+    #: ``raise``: a bad row or image stops the run before training (exit status 2);
+    #: ``skip``: it is left out and listed (console, ``skipped.csv``, ``report.md``).
     on_error: str = "raise"
+    #: Decode every image file once before training, so a bad one is raised or skipped
+    #: there; ``false`` saves that pass, but a bad image then stops training when it is read.
+    verify_images: bool = True
     synthetic_train: int = 2100
     synthetic_test: int = 350
     synthetic_seed: int = 0

@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
+from fer_train.data import Skipped
+
 PHASES = ("data", "training", "evaluating", "exporting", "verifying", "variants", "report")
+#: The skipped rows that ``metrics.json`` and ``report.md`` list (all are in ``skipped.csv``).
+SKIPPED_LISTED = 50
+SKIPPED_FILE = "skipped.csv"
+
+
+def plain(text: str) -> str:
+    """``text`` safe to write as UTF-8: bytes a file name held that are not UTF-8 (decoded by
+    Python as lone surrogates) become ``\\udcXX`` escapes instead of failing the write."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def skipped_csv(rows: Sequence[Skipped]) -> str:
+    """The text of ``skipped.csv``: a ``split,where,reason`` header and one line per row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("split", "where", "reason"))
+    for row in rows:
+        writer.writerow((row.splits, plain(row.where), plain(row.reason)))
+    return buffer.getvalue()
+
+
+def skipped_summary(rows: Sequence[Skipped], on_error: str) -> dict[str, Any]:
+    """The ``skipped`` entry of ``metrics.json``: count, count per category, the first rows."""
+    return {
+        "on_error": on_error,
+        "count": len(rows),
+        "by_category": dict(Counter(row.category for row in rows)),
+        "file": SKIPPED_FILE,
+        "first": [
+            {"split": row.splits, "where": plain(row.where), "reason": plain(row.reason)}
+            for row in rows[:SKIPPED_LISTED]
+        ],
+    }
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -89,6 +128,7 @@ def render_report(m: dict[str, Any]) -> str:
             )
         if "int8" in m["variants"]:
             lines.append(f"\nint8 calibration: {m['variants']['int8'].get('calib', 'n/a')}")
+    lines += ["", *_skipped_section(m.get("skipped"))]
     t = m["timings"]
     lines += ["", "## Timings (seconds)", "", "| phase | s |", "| --- | --- |"]
     for phase in PHASES:
@@ -103,7 +143,32 @@ def render_report(m: dict[str, Any]) -> str:
     lines += [
         "",
         "Files: `best.safetensors` (selected model), `metrics.jsonl` (one line per epoch), "
-        "`metrics.json` (these numbers), `config.yaml` (rerun with `--config`).",
+        "`metrics.json` (these numbers), `config.yaml` (rerun with `--config`), `skipped.csv` "
+        "(rows and images left out).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _skipped_section(skipped: dict[str, Any] | None) -> list[str]:
+    lines = ["## Skipped data", ""]
+    if not skipped or not skipped["count"]:
+        on_error = skipped["on_error"] if skipped else "raise"
+        return [*lines, f"- none (data.on_error={on_error})"]
+    categories = ", ".join(f"{name} {n:,}" for name, n in skipped["by_category"].items())
+    lines += [
+        f"- **{skipped['count']:,} left out** (data.on_error={skipped['on_error']}): "
+        f"{categories}; every one is listed in `{skipped['file']}`",
+        "",
+        "| split | where | reason |",
+        "| --- | --- | --- |",
+    ]
+    for row in skipped["first"]:
+        lines.append(f"| {row['split']} | {_cell(row['where'])} | {_cell(row['reason'])} |")
+    if skipped["count"] > len(skipped["first"]):
+        lines.append(f"\n(the first {len(skipped['first'])} of {skipped['count']:,})")
+    return lines

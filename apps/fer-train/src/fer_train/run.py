@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,13 +24,23 @@ from torch.utils.data import DataLoader
 
 from capsnet_model._io import atomic_write_text
 from capsnet_model.checkpoint import ModelInfo, read_info
-from capsnet_model.data import FaceTensors, dataset_labels
+from capsnet_model.data import AttentionSource, FaceTensors, dataset_labels
 from capsnet_model.evaluation import Evaluation, confusion_matrix, predict
 from capsnet_model.training import TrainConfig, TrainResult, train
 from fer_train.config import AppConfig, ConfigError
-from fer_train.data import Splits, load_splits
+from fer_train.data import Skipped, Splits, load_splits
 from fer_train.plots import plot_learning_curves
-from fer_train.report import fmt, render_report
+from fer_train.report import (
+    SKIPPED_FILE,
+    fmt,
+    plain,
+    render_report,
+    skipped_csv,
+    skipped_summary,
+)
+
+#: Skipped rows printed on the console (all of them are in skipped.csv).
+_SKIPPED_PRINTED = 20
 
 #: Preprocessed test sets up to this many bytes are kept in memory between the ONNX checks.
 _CACHE_BYTES = 512 * 2**20
@@ -100,16 +110,20 @@ def run(cfg: AppConfig) -> dict[str, Any] | None:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    splits = load_splits(cfg.data)
+    # Every rank checks every image (same files, same verdicts, so the ranks agree on the
+    # sample counts); only rank 0 shows the progress.
+    splits = load_splits(cfg.data, progress=main and train_cfg.progress)
     timings["data"] = time.perf_counter() - t
     if main:
         out.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
         atomic_write_text(out / "config.yaml", text)
+        atomic_write_text(out / SKIPPED_FILE, skipped_csv(splits.skipped))
         log(
             f"data: {splits.name}, {len(dataset_labels(splits.train))} training and "
             f"{len(dataset_labels(splits.test))} test images ({timings['data']:.1f} s)"
         )
+        _log_skipped(splits.skipped, out / SKIPPED_FILE)
         log(f"training {train_cfg.model} for up to {train_cfg.epochs} epochs in {out}")
 
     t = time.perf_counter()
@@ -128,6 +142,17 @@ def run(cfg: AppConfig) -> dict[str, Any] | None:
             dist.barrier()
             dist.destroy_process_group()
     return metrics
+
+
+def _log_skipped(rows: list[Skipped], path: Path) -> None:
+    """The skipped rows on the console: a count, then one line each (the first few)."""
+    if not rows:
+        return
+    log(f"skipped {len(rows)} bad rows or images (data.on_error=skip), all listed in {path}:")
+    for row in rows[:_SKIPPED_PRINTED]:
+        log(f"  skipped ({row.splits}) {plain(row.where)}: {plain(row.reason)}")
+    if len(rows) > _SKIPPED_PRINTED:
+        log(f"  ... and {len(rows) - _SKIPPED_PRINTED} more")
 
 
 # --------------------------------------------------------------------------- rank-0 phases
@@ -196,7 +221,9 @@ def _finish(
 
     # ---- evaluating (PyTorch, selected model, test set)
     t = time.perf_counter()
-    tensors = FaceTensors(splits.test, info.preprocess, attention=info.attention)
+    # The checkpoint stores a plain string; FaceTensors rejects one it does not know.
+    attention = cast(AttentionSource, info.attention)
+    tensors = FaceTensors(splits.test, info.preprocess, attention=attention)
     test = _TestSet(tensors, train_cfg.eval_batch_size, train_cfg.num_workers)
     scores_t, targets_t = predict(
         model, ((torch.from_numpy(i), torch.from_numpy(a), torch.from_numpy(y)) for i, a, y in test)
@@ -277,6 +304,7 @@ def _finish(
         "class_counts": dict(zip(labels, (int(c) for c in counts), strict=True)),
         "dataset": splits.name,
         "val_source": splits.val_source if split.get("val", 0) or splits.val else "none",
+        "skipped": skipped_summary(splits.skipped, cfg.data.on_error),
         "sizes": {
             "train": int(split.get("train", n_train)),
             "val": int(split.get("val", 0)),
