@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -490,3 +491,233 @@ def test_model_inputs_use_the_data_sets_own_landmarks(tmp_path: Path) -> None:
     _, fallback, _ = items[1]  # no landmarks in the row: the template map
     np.testing.assert_allclose(fallback[0].numpy(), template_attention_map(32), atol=1e-6)
     assert items.fallbacks == 1
+
+
+# --------------------------------------------------------------------------- broken data
+
+
+def test_verify_images_names_each_bad_file_once_and_skips_it(tmp_path: Path) -> None:
+    """A PNG and a JPEG cut short, text saved as .png, an empty file: with verify_images
+    each is raised (the first met) or skipped with its reason, before any item is read."""
+    happy = tmp_path / "train" / "happy"
+    good = [write_image(happy / f"{i}.jpg") for i in range(3)]
+    short_jpg, short_png = write_image(happy / "a.jpg"), write_image(happy / "b.png")
+    for path in (short_jpg, short_png):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    (happy / "c.png").write_text("not a PNG at all\n")
+    (happy / "d.png").write_bytes(b"")
+
+    with pytest.raises(DatasetError) as info:
+        load_folder(tmp_path, "train", verify_images=True)
+    message = str(info.value)
+    assert message.startswith(f"{short_jpg}: bad image: truncated JPEG"), message
+    assert message.count(str(short_jpg)) == 1 and "\n" not in message
+
+    ds = load_folder(tmp_path, "train", verify_images=True, on_error="skip")
+    assert [s.image for s in ds.samples] == good
+    assert [row.where for row in ds.skipped] == [
+        str(short_jpg),
+        str(short_png),
+        str(happy / "c.png"),
+        str(happy / "d.png"),
+    ]
+    assert ds.skip_reasons == {"bad image": 4}
+    assert ds.skipped[1].reason.startswith("bad image: truncated PNG")
+    for row in ds.skipped:
+        assert row.where not in row.reason  # the file is named once, by `where`
+    assert all(ds[i][0].shape == (20, 16, 3) for i in range(len(ds)))
+
+
+def test_verified_skips_keep_file_order_among_row_errors(tmp_path: Path) -> None:
+    """Images are checked after the rows are read; the skipped list is still in line order."""
+    rows: list[tuple[str, int | str]] = [
+        ("train_00001.jpg", 4),
+        ("train_00002.jpg", 3),
+        ("train_00003.jpg", 9),
+        ("train_00004.jpg", 2),
+        ("train_00005.jpg", 1),
+    ]
+    label_file = make_rafdb(tmp_path, rows)
+    aligned = tmp_path / "basic" / "Image" / "aligned"
+    (aligned / "train_00002_aligned.jpg").write_bytes(b"")
+    (aligned / "train_00005_aligned.jpg").unlink()
+    (aligned / "train_00004_aligned.jpg").write_text("text")
+    ds = load_rafdb(tmp_path, "train", verify_images=True, on_error="skip")
+    assert len(ds) == 1
+    assert [row.where for row in ds.skipped] == [f"{label_file}, line {n}" for n in (2, 3, 4, 5)]
+    assert [row.reason.split(":")[0] for row in ds.skipped] == [
+        "bad image",
+        "label out of range",
+        "bad image",
+        "missing image file",
+    ]
+    # the label file does not name the image: the reason does
+    assert "train_00002_aligned.jpg" in ds.skipped[0].reason
+
+
+def test_verify_images_checks_the_face_box_against_the_image(tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    write_image(images / "a.jpg")
+    csv_path = make_affectnet(
+        tmp_path / "t.csv", [("a.jpg", "0,0,10,10", "1"), ("a.jpg", "500,500,10,10", "3")]
+    )
+    with pytest.raises(DatasetError, match=r"t\.csv, line 3: bad face box: .*16x20 image"):
+        load_affectnet(csv_path, images, verify_images=True)
+    ds = load_affectnet(csv_path, images, verify_images=True, on_error="skip")
+    assert len(ds) == 1 and ds.skip_reasons == {"bad face box": 1}
+
+
+def test_whatever_read_image_raises_is_a_bad_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check defers to read_image; an error outside DatasetError (an unreadable disk
+    block, a permission) is a bad image too, named with its type."""
+    from capsnet_model import datasets
+
+    for i in range(3):
+        write_image(tmp_path / "train" / "sad" / f"{i}.jpg")
+    real = datasets.read_image
+
+    def flaky(path: Path, **kwargs: Any) -> np.ndarray:
+        if path.name == "1.jpg":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(datasets, "read_image", flaky)
+    ds = load_folder(tmp_path, "train", verify_images=True, on_error="skip")
+    assert len(ds) == 2 and len(ds.skipped) == 1
+    assert ds.skipped[0].reason.startswith("bad image: PermissionError: [Errno 13]")
+
+
+def test_many_images_are_checked_in_order_with_a_progress_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over several thread-pool chunks the kept samples and the skips stay in file order, and
+    a large set asks tqdm for a bar (tqdm itself hides it when stderr is not a terminal)."""
+    from capsnet_model import datasets
+
+    bars: list[dict[str, Any]] = []
+    real_tqdm = datasets.tqdm
+
+    def recording_tqdm(*args: Any, **kwargs: Any) -> Any:
+        bars.append(kwargs)
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "tqdm", recording_tqdm)
+    monkeypatch.setattr(datasets, "VERIFY_PROGRESS_MIN", 50)
+    count = 32 * datasets._VERIFY_THREADS * 2 + 5
+    folder = tmp_path / "train" / "neutral"
+    folder.mkdir(parents=True)
+    image = folder / "0000.png"
+    write_image(image, height=4, width=4)
+    data = image.read_bytes()
+    bad = {7, 70, count - 1}
+    for i in range(1, count):
+        (folder / f"{i:04d}.png").write_bytes(b"" if i in bad else data)
+    ds = load_folder(tmp_path, "train", verify_images=True, on_error="skip")
+    names = [Path(s.image).name for s in ds.samples]
+    assert names == [f"{i:04d}.png" for i in range(count) if i not in bad]
+    assert [Path(row.where).name for row in ds.skipped] == [f"{i:04d}.png" for i in sorted(bad)]
+    assert bars[-1]["total"] == count and bars[-1]["disable"] is None
+    load_folder(tmp_path, "train", verify_images=True, on_error="skip", progress=False)
+    assert bars[-1]["disable"] is True
+
+
+def fer_bytes(rows: list[bytes], header: bytes = b"emotion,pixels,Usage") -> bytes:
+    return b"\n".join([header, *rows]) + b"\n"
+
+
+def test_fer2013_non_utf8_row_is_a_bad_row(tmp_path: Path) -> None:
+    good = f"3,{fer_pixels()},Training".encode()
+    latin1 = f"4,{fer_pixels()},Training".encode().replace(b"Training", b"Tr\xe4ining")
+    csv_path = tmp_path / "fer.csv"
+    csv_path.write_bytes(fer_bytes([good, latin1, good]))
+    with pytest.raises(DatasetError) as info:
+        load_fer2013(csv_path, "train")
+    assert str(info.value) == (
+        f"{csv_path}, line 3: bad row: column Usage is not UTF-8 text (byte 0xe4 at character 3)"
+    )
+    ds = load_fer2013(csv_path, "train", on_error="skip")
+    assert len(ds) == 2 and [row.where for row in ds.skipped] == [f"{csv_path}, line 3"]
+
+
+def test_fer2013_rows_with_more_or_fewer_fields_are_bad_rows(tmp_path: Path) -> None:
+    csv_path = make_fer2013(
+        tmp_path / "fer.csv",
+        [
+            ("3", fer_pixels(), "Training"),
+            ("3", fer_pixels(), "Training,extra"),
+            ("3", fer_pixels(), "Training"),
+        ],
+    )
+    with csv_path.open("a") as handle:
+        handle.write(f"5,{fer_pixels()}\n\n")  # one field short, then a blank line
+    with pytest.raises(DatasetError, match=r"fer\.csv, line 3: bad row: 4 fields, expected 3"):
+        load_fer2013(csv_path, "train")
+    ds = load_fer2013(csv_path, "train", on_error="skip")
+    assert len(ds) == 2
+    assert [(row.where.rsplit(" ", 1)[1], row.reason) for row in ds.skipped] == [
+        ("3", "bad row: 4 fields, expected 3 (emotion, pixels, Usage)"),
+        ("5", "bad row: 2 fields, expected 3 (emotion, pixels, Usage)"),
+    ]
+
+
+def test_fer2013_header_with_byte_order_mark_or_bad_bytes(tmp_path: Path) -> None:
+    row = f"3,{fer_pixels()},Training".encode()
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + fer_bytes([row]))
+    assert len(load_fer2013(bom, "train")) == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(fer_bytes([row], header=b"emotion,pixels,Usage\xff"))
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DatasetError, match=r"bad\.csv, line 1: header is not UTF-8"):
+            load_fer2013(bad, "train", on_error=on_error)  # type: ignore[arg-type]
+
+
+def test_fer2013_row_the_csv_module_refuses(tmp_path: Path) -> None:
+    import csv
+
+    csv_path = make_fer2013(
+        tmp_path / "fer.csv",
+        [("3", fer_pixels(), "Training"), ("3", fer_pixels(count=5000), "Training")],
+    )
+    old = csv.field_size_limit(15_000)  # a real row: about 8,500 characters
+    try:
+        with pytest.raises(DatasetError, match=r"fer\.csv, line 3: bad row: field larger"):
+            load_fer2013(csv_path, "train")
+        ds = load_fer2013(csv_path, "train", on_error="skip")
+    finally:
+        csv.field_size_limit(old)
+    assert len(ds) == 1 and ds.skip_reasons == {"bad row": 1}
+
+
+def test_affectnet_non_utf8_and_extra_field_rows(tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    write_image(images / "a.jpg")
+    csv_path = make_affectnet(tmp_path / "training.csv", [("a.jpg", "0,0,10,10", "1")] * 3)
+    lines = csv_path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"a.jpg", b"\xe9.jpg")
+    lines[3] = lines[3] + b",0.3"
+    csv_path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DatasetError, match=r"training\.csv, line 3: bad row: column sub.*UTF-8"):
+        load_affectnet(csv_path, images)
+    ds = load_affectnet(csv_path, images, on_error="skip")
+    assert len(ds) == 1
+    assert [row.where.rsplit(" ", 1)[1] for row in ds.skipped] == ["3", "4"]
+    assert ds.skipped[1].reason == (
+        "bad row: 10 fields, expected 9 (subDirectory_filePath, face_x, face_y, face_width, "
+        "face_height, facial_landmarks, expression, valence, arousal)"
+    )
+
+
+def test_rafdb_non_utf8_line_is_a_bad_row(tmp_path: Path) -> None:
+    label_file = make_rafdb(tmp_path, [("train_00001.jpg", 4), ("train_00002.jpg", 3)])
+    label_file.write_bytes(b"\xef\xbb\xbftrain_00001.jpg 4\ntrain_0\xff002.jpg 3\n")
+    with pytest.raises(DatasetError) as info:
+        load_rafdb(tmp_path, "train")
+    assert str(info.value) == (
+        f"{label_file}, line 2: bad row: not UTF-8 text (byte 0xff at character 8)"
+    )
+    ds = load_rafdb(tmp_path, "train", on_error="skip")
+    assert len(ds) == 1 and ds.skip_reasons == {"bad row": 1}

@@ -18,14 +18,20 @@ a tensor); ``label`` an index into :data:`EXPRESSIONS`.
 
 Bad input raises :class:`DatasetError` naming the file (and line) at fault. With
 ``on_error="skip"`` bad rows are dropped instead and recorded in ``dataset.skipped``; an
-empty split is always an error.
+empty split is always an error. Text files are read as UTF-8 (a byte-order mark is allowed):
+a row holding other bytes, or a CSV row with more or fewer fields than the header, is a bad
+row like any other. ``verify_images=True`` decodes every image at load time, on a few threads
+and with a progress bar for large sets, so that a bad image is raised or skipped there and
+never surfaces in ``__getitem__`` (mid-epoch, where skipping is impossible).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +40,9 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from fer_images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, read_rgb
 
 # --------------------------------------------------------------------------- label order
 
@@ -112,6 +121,11 @@ FER2013_USAGE: dict[str, str] = {
 FER2013_PIXELS = 48 * 48
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ON_ERROR = ("raise", "skip")
+#: Image checks (``verify_images=True``) show a progress bar from this many images on.
+VERIFY_PROGRESS_MIN = 1000
+# Decoding releases the GIL, so a few threads check images in parallel; more rarely helps
+# because reading the files becomes the bottleneck.
+_VERIFY_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 OnError = Literal["raise", "skip"]
 Box = tuple[int, int, int, int]  # x, y, width, height
@@ -153,7 +167,7 @@ class SkippedRow:
 
     ``reason`` reads ``"<category>: <detail>"``; the categories are ``missing image file``,
     ``bad image``, ``label out of range``, ``bad pixels``, ``bad face box``, ``bad landmarks``
-    and ``bad row``.
+    and ``bad row`` (unparsable, not UTF-8, or a CSV row with the wrong number of fields).
     """
 
     where: str
@@ -175,42 +189,51 @@ def _to_rgb(image: np.ndarray, *, bgr: bool) -> np.ndarray:
     raise DatasetError(f"unsupported image shape {image.shape}")
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into an ``uint8`` ``H x W x 3`` RGB array.
 
-    Raises :class:`DatasetError` naming the file when it is missing, empty, not decodable,
-    or a JPEG / PNG cut short (no end-of-image marker / ``IEND`` chunk).
+    Raises :class:`DatasetError` naming the file when it is missing, empty, not decodable, of
+    an unsupported format, a JPEG / PNG cut short (no end-of-image marker / ``IEND`` chunk), or
+    larger than ``max_pixels`` (default 40 MP, read from the header before decoding: see
+    :mod:`fer_images`; ``None``: no limit).
     """
     if not path.is_file():
         raise DatasetError(f"image file not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise DatasetError(f"image file is empty: {path}")
-    raw = data.tobytes()
-    if raw.startswith(b"\xff\xd8") and b"\xff\xd9" not in raw[-1024:]:
-        raise DatasetError(f"truncated JPEG image (no end-of-image marker): {path}")
-    if raw.startswith(b"\x89PNG") and b"IEND" not in raw[-64:]:
-        raise DatasetError(f"truncated PNG image (no IEND chunk): {path}")
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise DatasetError(f"cannot decode image {path}: {exc}") from exc
-    if image is None or image.size == 0:
-        raise DatasetError(f"unreadable or corrupt image: {path}")
-    return _to_rgb(image, bgr=True)
+        return read_rgb(path, max_pixels=max_pixels, require_complete=True)
+    except ImageDecodeError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        if isinstance(exc, ImageTooLargeError):
+            message = f"image too large ({detail}): {path}"
+        elif detail.startswith("truncated"):
+            message = f"{detail}: {path}"
+        else:
+            message = f"unreadable or corrupt image ({detail}): {path}"
+        raise DatasetError(message) from exc
+
+
+def _clip_box(shape: tuple[int, ...], box: Box) -> tuple[int, int, int, int] | None:
+    """The box clipped to an image of ``shape``: (x0, y0, x1, y1), or None when nothing is left."""
+    x, y, w, h = box
+    height, width = shape[:2]
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1, y1
+
+
+def _box_outside(shape: tuple[int, ...], box: Box) -> str:
+    """The message for a box that :func:`_clip_box` leaves empty."""
+    return f"face box {box} is empty or outside the {shape[1]}x{shape[0]} image"
 
 
 def _crop_origin(image: np.ndarray, box: Box, where: str) -> tuple[int, int, int, int]:
     """The box clipped to the image: (x0, y0, x1, y1)."""
-    x, y, w, h = box
-    height, width = image.shape[:2]
-    x0, y0 = max(0, x), max(0, y)
-    x1, y1 = min(width, x + w), min(height, y + h)
-    if x1 <= x0 or y1 <= y0:
-        raise DatasetError(
-            f"{where}: face box {box} is empty or outside the {width}x{height} image"
-        )
-    return x0, y0, x1, y1
+    clipped = _clip_box(image.shape, box)
+    if clipped is None:
+        raise DatasetError(f"{where}: {_box_outside(image.shape, box)}")
+    return clipped
 
 
 def _size_hw(image_size: ImageSize) -> tuple[int, int]:
@@ -338,22 +361,68 @@ class FERDataset(Dataset[tuple[Any, int]]):
 # --------------------------------------------------------------------------- helpers
 
 
-class _Collector:
-    """Gathers samples; routes row errors to raise or skip per ``on_error``."""
+def _not_utf8(text: str) -> str | None:
+    """Where ``text`` (decoded with ``errors="surrogateescape"``) held a byte that is not UTF-8
+    (``"byte 0xff at character 3"``), or None when it is all UTF-8."""
+    for i, char in enumerate(text):
+        if "\udc80" <= char <= "\udcff":
+            return f"byte 0x{ord(char) - 0xDC00:02x} at character {i + 1}"
+    return None
 
-    def __init__(self, on_error: str, verify_images: bool) -> None:
+
+def _image_problem(sample: FERSample) -> str | None:
+    """Why the sample's image file cannot be used (``"<category>: <detail>"``), or None."""
+    path = sample.image
+    if not isinstance(path, Path):
+        return None
+    try:
+        image = read_image(path)
+    except Exception as exc:  # read_image alone decides what a bad image is, whatever it raises
+        detail = str(exc) if isinstance(exc, DatasetError) else f"{type(exc).__name__}: {exc}"
+        # The folder loader's `where` is the path already: do not repeat it.
+        suffix = f": {path}"
+        if str(path) in sample.where and detail.endswith(suffix):
+            detail = detail[: -len(suffix)]
+        return f"bad image: {detail}"
+    if sample.box is not None and _clip_box(image.shape, sample.box) is None:
+        return f"bad face box: {_box_outside(image.shape, sample.box)}"
+    return None
+
+
+class _Collector:
+    """Gathers samples; routes row errors to raise or skip per ``on_error``.
+
+    With ``verify_images`` the image files are decoded in :meth:`finish`, after every row has
+    been read; skipped rows and images are then listed in file order all the same.
+    """
+
+    def __init__(self, on_error: str, verify_images: bool, progress: bool = True) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.on_error = on_error
         self.verify_images = verify_images
+        self.progress = progress
         self.samples: list[FERSample] = []
         self.skipped: list[SkippedRow] = []
         self.excluded: Counter[str] = Counter()
+        # Position of each sample and skipped row among the rows read, to merge the image
+        # checks' skips back into file order.
+        self._sample_order: list[int] = []
+        self._skip_order: list[int] = []
+        self._rows = 0
 
-    def error(self, where: str, reason: str) -> None:
+    def error(self, where: str, reason: str, order: int | None = None) -> None:
         if self.on_error == "raise":
             raise DatasetError(f"{where}: {reason}")
         self.skipped.append(SkippedRow(where, reason))
+        if order is None:
+            order, self._rows = self._rows, self._rows + 1
+        self._skip_order.append(order)
+
+    def add_sample(self, sample: FERSample) -> None:
+        self.samples.append(sample)
+        self._sample_order.append(self._rows)
+        self._rows += 1
 
     def add_file(
         self,
@@ -366,16 +435,40 @@ class _Collector:
         if not path.is_file():
             self.error(where, f"missing image file: {path}")
             return
-        sample = FERSample(path, label, box, where, landmarks)
-        if self.verify_images:
-            try:
-                load_sample_image(sample)
-            except DatasetError as exc:
-                self.error(where, f"bad image: {exc}")
-                return
-        self.samples.append(sample)
+        self.add_sample(FERSample(path, label, box, where, landmarks))
+
+    def _check_images(self, what: str) -> None:
+        """Decodes every sample's image; drops (or raises on) the bad ones."""
+        samples, order = self.samples, self._sample_order
+        kept: list[int] = []
+        show = self.progress and len(samples) >= VERIFY_PROGRESS_MIN
+        chunk = 32 * _VERIFY_THREADS  # bounded, so a raise does not wait for the whole set
+        bar = tqdm(
+            total=len(samples),
+            desc=f"checking {what} images",
+            unit="image",
+            disable=None if show else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        with bar, ThreadPoolExecutor(_VERIFY_THREADS) as pool:
+            for start in range(0, len(samples), chunk):
+                part = samples[start : start + chunk]
+                for i, problem in enumerate(pool.map(_image_problem, part), start=start):
+                    bar.update()
+                    if problem is None:
+                        kept.append(i)
+                    else:
+                        self.error(samples[i].where, problem, order[i])
+        self.samples = [samples[i] for i in kept]
+        self._sample_order = [order[i] for i in kept]
+        ranked = sorted(zip(self._skip_order, range(len(self.skipped)), strict=True))
+        self.skipped = [self.skipped[k] for _, k in ranked]
+        self._skip_order = [rank for rank, _ in ranked]
 
     def finish(self, name: str, split: str | None, source: Path, **kw: Any) -> FERDataset:
+        if self.verify_images and self.samples:
+            self._check_images(f"{name} {split}" if split else name)
         if not self.samples:
             raise DatasetError(
                 f"empty split {split!r} in {name} data at {source}"
@@ -426,6 +519,7 @@ def load_rafdb(
     *,
     on_error: OnError = "raise",
     verify_images: bool = False,
+    progress: bool = True,
     transform: Callable[[np.ndarray], Any] | None = None,
     image_size: ImageSize | None = None,
 ) -> FERDataset:
@@ -434,7 +528,9 @@ def load_rafdb(
     aligned images ``basic/Image/aligned/<stem>_aligned.jpg``.
 
     ``verify_images=True`` decodes every image at load time (so bad ones raise or are
-    skipped there instead of in ``__getitem__``).
+    skipped there instead of in ``__getitem__``), with a progress bar on stderr from
+    :data:`VERIFY_PROGRESS_MIN` images on unless ``progress=False``; the same holds for
+    :func:`load_affectnet` and :func:`load_folder`.
     """
     _check_split(split, ("train", "test"), "RAF-DB")
     root = Path(root)
@@ -445,12 +541,17 @@ def load_rafdb(
     image_dir = basic / "Image" / "aligned"
     _require_dir(image_dir, "RAF-DB aligned image directory")
 
-    out = _Collector(on_error, verify_images)
-    with labels_file.open(encoding="utf-8") as handle:
+    out = _Collector(on_error, verify_images, progress)
+    # surrogateescape keeps a stray byte from ending the whole read: it becomes one bad row.
+    with labels_file.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             where = f"{labels_file}, line {line_no}"
+            bad = _not_utf8(line)
+            if bad is not None:
+                out.error(where, f"bad row: not UTF-8 text ({bad})")
+                continue
             parts = line.split()
             if len(parts) != 2:
                 out.error(where, f"bad row: expected '<file name> <label>', got {line.strip()!r}")
@@ -472,21 +573,56 @@ def load_rafdb(
     return out.finish("rafdb", split, labels_file, transform=transform, image_size=image_size)
 
 
-def _csv_rows(path: Path, required: Sequence[str]) -> tuple[csv.DictReader[str], Any]:
-    handle = path.open(newline="", encoding="utf-8")
-    reader = csv.DictReader(handle)
-    if reader.fieldnames is None:
-        handle.close()
-        raise DatasetError(f"CSV file is empty: {path}")
-    reader.fieldnames = [name.strip() for name in reader.fieldnames]
-    missing = [name for name in required if name not in reader.fieldnames]
-    if missing:
-        handle.close()
-        raise DatasetError(
-            f"CSV file {path} lacks column(s) {', '.join(missing)}; "
-            f"has: {', '.join(reader.fieldnames)}"
-        )
-    return reader, handle
+def _csv_records(
+    path: Path, required: Sequence[str], out: _Collector
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(where, row)`` for each well-formed data row of the CSV file at ``path``.
+
+    Column names are stripped of spaces. A row that is not UTF-8, has more or fewer fields
+    than the header or that the csv module refuses goes to ``out.error`` (raised or skipped);
+    a bad header always raises.
+    """
+    # surrogateescape keeps a stray byte from ending the whole read: it becomes one bad row.
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise DatasetError(f"{path}, line {reader.line_num}: bad CSV header: {exc}") from exc
+        if header is None:
+            raise DatasetError(f"CSV file is empty: {path}")
+        bad = _not_utf8(",".join(header))
+        if bad is not None:
+            raise DatasetError(f"{path}, line {reader.line_num}: header is not UTF-8 text ({bad})")
+        names = [name.strip() for name in header]
+        missing = [name for name in required if name not in names]
+        if missing:
+            raise DatasetError(
+                f"CSV file {path} lacks column(s) {', '.join(missing)}; has: {', '.join(names)}"
+            )
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                out.error(f"{path}, line {reader.line_num}", f"bad row: {exc}")
+                continue
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # blank line
+            where = f"{path}, line {reader.line_num}"
+            if len(fields) != len(names):
+                out.error(
+                    where,
+                    f"bad row: {len(fields)} fields, expected {len(names)} ({', '.join(names)})",
+                )
+                continue
+            problems = ((name, _not_utf8(value)) for name, value in zip(names, fields, strict=True))
+            problem = next(((name, bad) for name, bad in problems if bad is not None), None)
+            if problem is not None:
+                out.error(where, f"bad row: column {problem[0]} is not UTF-8 text ({problem[1]})")
+                continue
+            yield where, dict(zip(names, fields, strict=True))
 
 
 def load_fer2013(
@@ -506,36 +642,31 @@ def load_fer2013(
     path = Path(csv_path)
     _require_file(path, "FER2013 CSV file")
     out = _Collector(on_error, verify_images=False)
-    reader, handle = _csv_rows(path, ("emotion", "pixels", "Usage"))
-    with handle:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            usage = (row.get("Usage") or "").strip()
-            if usage not in FER2013_USAGE:
-                out.error(where, f"bad row: Usage {usage!r} not one of {', '.join(FER2013_USAGE)}")
-                continue
-            if FER2013_USAGE[usage] != split:
-                continue
-            label = _parse_int(row.get("emotion") or "")
-            if label not in FER2013_LABELS:
-                out.error(where, f"label out of range: emotion {row.get('emotion')!r} (valid 0..6)")
-                continue
-            tokens = (row.get("pixels") or "").split()
-            try:
-                values = [int(token) for token in tokens]
-            except ValueError:
-                out.error(where, "bad pixels: not all pixel values are integers")
-                continue
-            if len(values) != FER2013_PIXELS:
-                out.error(
-                    where, f"bad pixels: expected {FER2013_PIXELS} integers, got {len(values)}"
-                )
-                continue
-            if min(values) < 0 or max(values) > 255:
-                out.error(where, "bad pixels: values outside 0..255")
-                continue
-            image = np.asarray(values, dtype=np.uint8).reshape(48, 48)
-            out.samples.append(FERSample(image, label_index(FER2013_LABELS[label]), None, where))
+    for where, row in _csv_records(path, ("emotion", "pixels", "Usage"), out):
+        usage = (row.get("Usage") or "").strip()
+        if usage not in FER2013_USAGE:
+            out.error(where, f"bad row: Usage {usage!r} not one of {', '.join(FER2013_USAGE)}")
+            continue
+        if FER2013_USAGE[usage] != split:
+            continue
+        label = _parse_int(row.get("emotion") or "")
+        if label not in FER2013_LABELS:
+            out.error(where, f"label out of range: emotion {row.get('emotion')!r} (valid 0..6)")
+            continue
+        tokens = (row.get("pixels") or "").split()
+        try:
+            values = [int(token) for token in tokens]
+        except ValueError:
+            out.error(where, "bad pixels: not all pixel values are integers")
+            continue
+        if len(values) != FER2013_PIXELS:
+            out.error(where, f"bad pixels: expected {FER2013_PIXELS} integers, got {len(values)}")
+            continue
+        if min(values) < 0 or max(values) > 255:
+            out.error(where, "bad pixels: values outside 0..255")
+            continue
+        image = np.asarray(values, dtype=np.uint8).reshape(48, 48)
+        out.add_sample(FERSample(image, label_index(FER2013_LABELS[label]), None, where))
     return out.finish("fer2013", split, path, transform=transform, image_size=image_size)
 
 
@@ -557,6 +688,7 @@ def load_affectnet(
     *,
     on_error: OnError = "raise",
     verify_images: bool = False,
+    progress: bool = True,
     transform: Callable[[np.ndarray], Any] | None = None,
     image_size: ImageSize | None = None,
 ) -> FERDataset:
@@ -575,46 +707,41 @@ def load_affectnet(
     _require_file(path, "AffectNet CSV file")
     root = Path(image_root)
     _require_dir(root, "AffectNet image root directory")
-    out = _Collector(on_error, verify_images)
+    out = _Collector(on_error, verify_images, progress)
     columns = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height")
-    reader, handle = _csv_rows(path, (*columns, "expression"))
-    with handle:
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            label = _parse_int(row.get("expression") or "")
-            if label in AFFECTNET_EXCLUDED:
-                out.excluded[AFFECTNET_EXCLUDED[label]] += 1
+    for where, row in _csv_records(path, (*columns, "expression"), out):
+        label = _parse_int(row.get("expression") or "")
+        if label in AFFECTNET_EXCLUDED:
+            out.excluded[AFFECTNET_EXCLUDED[label]] += 1
+            continue
+        if label not in AFFECTNET_LABELS:
+            out.error(where, f"label out of range: expression {row.get('expression')!r} (0..10)")
+            continue
+        raw_box = [(row.get(name) or "").strip() for name in columns[1:]]
+        box: Box | None = None
+        if any(raw_box):
+            coords = [_parse_int(text) for text in raw_box]
+            x, y, w, h = (-1 if c is None else c for c in coords)
+            if None in coords or w <= 0 or h <= 0:
+                out.error(where, f"bad face box: (x, y, width, height) = {raw_box}")
                 continue
-            if label not in AFFECTNET_LABELS:
+            box = (x, y, w, h)
+        rel = (row.get("subDirectory_filePath") or "").strip()
+        if not rel:
+            out.error(where, "bad row: empty subDirectory_filePath")
+            continue
+        marks = None
+        raw_marks = (row.get("facial_landmarks") or "").strip()
+        if raw_marks:
+            marks = _parse_landmarks(raw_marks)
+            if marks is None:
                 out.error(
-                    where, f"label out of range: expression {row.get('expression')!r} (0..10)"
+                    where,
+                    "bad landmarks: facial_landmarks must hold 136 numbers "
+                    "(68 x;y pairs separated by ';')",
                 )
                 continue
-            raw_box = [(row.get(name) or "").strip() for name in columns[1:]]
-            box: Box | None = None
-            if any(raw_box):
-                coords = [_parse_int(text) for text in raw_box]
-                x, y, w, h = (-1 if c is None else c for c in coords)
-                if None in coords or w <= 0 or h <= 0:
-                    out.error(where, f"bad face box: (x, y, width, height) = {raw_box}")
-                    continue
-                box = (x, y, w, h)
-            rel = (row.get("subDirectory_filePath") or "").strip()
-            if not rel:
-                out.error(where, "bad row: empty subDirectory_filePath")
-                continue
-            marks = None
-            raw_marks = (row.get("facial_landmarks") or "").strip()
-            if raw_marks:
-                marks = _parse_landmarks(raw_marks)
-                if marks is None:
-                    out.error(
-                        where,
-                        "bad landmarks: facial_landmarks must hold 136 numbers "
-                        "(68 x;y pairs separated by ';')",
-                    )
-                    continue
-            out.add_file(root / rel, label_index(AFFECTNET_LABELS[label]), where, box, marks)
+        out.add_file(root / rel, label_index(AFFECTNET_LABELS[label]), where, box, marks)
     return out.finish("affectnet", split, path, transform=transform, image_size=image_size)
 
 
@@ -624,6 +751,7 @@ def load_folder(
     *,
     on_error: OnError = "raise",
     verify_images: bool = False,
+    progress: bool = True,
     transform: Callable[[np.ndarray], Any] | None = None,
     image_size: ImageSize | None = None,
 ) -> FERDataset:
@@ -640,7 +768,7 @@ def load_folder(
         raise DatasetError(
             f"split directory not found: {split_dir}; available: {', '.join(available) or 'none'}"
         )
-    out = _Collector(on_error, verify_images)
+    out = _Collector(on_error, verify_images, progress)
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         if class_dir.name.startswith("."):
             continue
