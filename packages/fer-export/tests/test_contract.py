@@ -185,7 +185,7 @@ def test_valid_file_round_trips(make_model: Any, helpers: types.ModuleType) -> N
 
 def test_metadata_values_that_are_not_text() -> None:
     meta: dict[Any, Any] = {"fer.format": "fer-export/1", "fer.labels": b'["a", "b"]'}
-    with pytest.raises(ContractError, match="fer.labels is b'.*the stored value is a bytes"):
+    with pytest.raises(ContractError, match="fer.labels is b'.*stored value is bytes, not"):
         ModelContract.from_metadata(meta, "m.onnx")
     with pytest.raises(ContractError, match=r"metadata key b'fer.x' is not valid UTF-8"):
         ModelContract.from_metadata({b"fer.x": "1"}, "m.onnx")
@@ -328,3 +328,9 @@ def test_paint_matches_all_centres_at_once(helpers: types.ModuleType) -> None:
     want = np.clip(1.0 - falloff * d, 0.0, 1.0).max(axis=0).astype(np.float32)
     np.testing.assert_array_equal(paint_attention_map(centres, grid, falloff, grid), want)
     assert paint_attention_map([], grid, falloff, 16).shape == (16, 16)
+
+
+def test_readme_documents_every_key(helpers: types.ModuleType) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    for key in helpers.tiny_contract().to_metadata():
+        assert f"`{key}`" in readme, key

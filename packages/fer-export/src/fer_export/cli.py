@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fer_export.contract import ContractError, ModelFile, ModelLoadError, read_model
+from fer_export.contract import ContractError, ModelLoadError, read_model
 
 __all__ = ["main"]
 
@@ -225,7 +225,7 @@ def contract_summary(path: Path) -> dict[str, Any]:
     """Everything ``fer-export info`` prints, as a JSON-able dict."""
     import onnx
 
-    loaded: ModelFile = read_model(path)
+    loaded = read_model(path)
     proto, contract = loaded.proto, loaded.contract
 
     def io(values: Any) -> list[dict[str, Any]]:

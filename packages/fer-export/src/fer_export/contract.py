@@ -123,6 +123,8 @@ def _kind(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes"
     if isinstance(value, Mapping):
         return "an object"
     if isinstance(value, (list, tuple)):
