@@ -199,3 +199,39 @@ def test_verify_bad_onnx_is_one_line_exit_2(
             assert len(lines) == 1 and lines[0].startswith("fer-export: error: "), captured.err
             assert message in lines[0], lines
             assert captured.out == ""
+
+
+def test_verify_onnxruntime_failure_is_a_failed_check(
+    exported: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    helpers: Any,
+) -> None:
+    """A graph that passes the checker and the contract but that ONNX Runtime cannot run
+    (a Reshape of 3 x 64 x 64 values into rows of 7) is a failed verification, not a
+    traceback."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    ckpt, _ = exported
+    labels = ("neutral", "anger", "contempt", "disgust", "fear", "happiness", "sadness")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["image", "rows"], ["scores"])],
+        "reshape",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 7])],
+        initializer=[numpy_helper.from_array(np.array([-1, 7], np.int64), "rows")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    contract = helpers.tiny_contract(labels=labels, input_size=64)
+    helper.set_model_props(model, contract.to_metadata())
+    path = tmp_path / "reshape.onnx"
+    onnx.save(model, str(path))
+    assert main(["verify", str(path), str(ckpt), "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["passed"] is False and report["checker_ok"] is True
+    assert "batch 1: onnxruntime failed" in report["problems"][0], report["problems"]
+    assert "Traceback" not in captured.err
