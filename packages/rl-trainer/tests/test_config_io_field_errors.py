@@ -37,7 +37,9 @@ class Outer:
 def test_field_error_from_post_init_names_the_override() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(Root, None, ["name=y", "clip.high=0.1"])
-    assert str(info.value) == "override 'clip.high=0.1': clip.high: must be >= clip.low (0.2), got 0.1"
+    assert (
+        str(info.value) == "override 'clip.high=0.1': clip.high: must be >= clip.low (0.2), got 0.1"
+    )
     assert info.value.path == ("clip", "high")
 
 

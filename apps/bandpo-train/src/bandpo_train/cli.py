@@ -76,11 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return study_main(args[1:])
     from bandpo_train.config import load_app_config
-    from bandpo_train.run import train
 
     try:
         config_file, preset, overrides = _split(args)
+        # Checked as a whole here, on every process of a launch, before the training stack is
+        # imported and before anything is written.
         config = load_app_config(config_file, overrides, preset=preset)
+        from bandpo_train.run import train
+
         summary = train(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"bandpo-train: {err}", file=sys.stderr)

@@ -8,15 +8,87 @@ import logging
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 
-from bandpo_train.config import AppConfig
+from bandpo_train.config import AppConfig, run_rewards
 from bandpo_train.tasks import get_task
 from bandpo_train.warm_start import warm_start
+from rl_trainer.config_io import ConfigError
+from rl_trainer.data import load_prompt_dataset, tokenize_prompts
+from rl_trainer.models import apply_lora
 from rl_trainer.tiny import build_char_tokenizer, build_tiny_model
 
 logger = logging.getLogger(__name__)
 
 DONE = "embedded.json"
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def check_embedded(config: AppConfig) -> None:
+    """Raises ConfigError (a ValueError) when the embedded default cannot be built and trained as
+    configured, without writing anything: the tiny model is built on the meta device (its size,
+    ``model.attn_implementation``, ``model.lora.*``) and the task's prompts go through
+    rl-trainer's prompt checks (``data.max_prompt_length``, ``data.overlong_prompts``).
+    """
+    task = get_task(config.task.name)
+    tokenizer = build_char_tokenizer(task.characters, chat_template=None)
+    try:
+        with torch.device("meta"):
+            model = build_tiny_model(
+                tokenizer,
+                hidden_size=config.task.hidden_size,
+                num_layers=config.task.num_layers,
+                seed=config.task.seed,
+            )
+    # transformers validates the architecture with its own exception classes (not ValueErrors),
+    # which differ between versions.
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot build the tiny model with hidden_size={config.task.hidden_size}, "
+            f"num_layers={config.task.num_layers}: {_last_line(exc)}",
+            ("task", "hidden_size"),
+        ) from None
+    attn = config.model.attn_implementation
+    if attn and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation(attn)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(_last_line(exc), ("model", "attn_implementation")) from None
+    if config.model.lora.enabled:
+        try:
+            apply_lora(model, config.model.lora)
+        except ValueError as exc:
+            raise ConfigError(str(exc), ("model", "lora", "target_modules")) from None
+    data = config.data
+    if data.eval_path:
+        try:
+            held_out = load_prompt_dataset(data.eval_path, data.prompt_column, data.answer_column)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"data.eval_path: {exc}") from None
+    else:
+        held_out = Dataset.from_list(task.rows(config.task.eval_size, config.task.seed + 1))
+    sets = {
+        f"the embedded {task.name!r} data": Dataset.from_list(
+            task.rows(config.task.train_size, config.task.seed)
+        ),
+        data.eval_path or f"the embedded {task.name!r} held-out data": held_out,
+    }
+    for where, dataset in sets.items():
+        # The trainer's own tokenisation: the embedded run has no chat template.
+        tokenize_prompts(
+            dataset,
+            tokenizer,
+            prompt_column=data.prompt_column,
+            chat_template=False,
+            system_prompt=data.system_prompt,
+            max_prompt_length=data.max_prompt_length,
+            overlong=data.overlong_prompts,
+            where=where,
+        )
 
 
 def prepare_embedded(config: AppConfig, *, build: bool) -> Path:
@@ -27,6 +99,7 @@ def prepare_embedded(config: AppConfig, *, build: bool) -> Path:
     from the same warm-started weights.
     """
     task = get_task(config.task.name)
+    rewards = run_rewards(config)  # before model.path is set: it depends on the embedded default
     root = Path(config.logging.output_dir) / "embedded"
     model_dir, train_file, eval_file = root / "model", root / "train.jsonl", root / "eval.jsonl"
     if build and not (root / DONE).is_file():
@@ -76,6 +149,5 @@ def prepare_embedded(config: AppConfig, *, build: bool) -> Path:
     config.data.eval_path = config.data.eval_path or str(eval_file)
     config.data.chat_template = False
     config.rollout.max_new_tokens = task.max_new_tokens
-    if [r.name for r in config.algorithm.rewards] == ["exact_match"]:
-        config.algorithm.rewards = list(task.rewards)
+    config.algorithm.rewards = rewards
     return root

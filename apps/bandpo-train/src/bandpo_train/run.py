@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from bandpo_train.config import AppConfig
-from bandpo_train.embedded import prepare_embedded
+from bandpo_train.config import AppConfig, check_config
+from bandpo_train.embedded import check_embedded, prepare_embedded
 from bandpo_train.records import read_metrics
 from rl_trainer import config_io
-from rl_trainer.trainer import GRPOTrainer
+from rl_trainer.checkpoint import resolve_resume
+from rl_trainer.trainer import GRPOTrainer, check_batch_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,21 @@ def check_launch_environment() -> None:
         )
 
 
+def preflight(config: AppConfig, num_processes: int) -> None:
+    """Raises ValueError (ConfigError) or FileNotFoundError for what the run would reject later.
+
+    Runs on every process before anything is written or trained, so that with a bad
+    configuration all of them stop: the whole configuration (again: it may have been changed
+    since it was loaded), the batch split over ``num_processes``, the checkpoint to resume from,
+    and for the embedded default its tiny model and prompts.
+    """
+    check_config(config)
+    check_batch_geometry(config, num_processes)
+    resolve_resume(config.checkpoint.resume, config.logging.output_dir)
+    if config.embedded:
+        check_embedded(config)
+
+
 def update_lines(
     rl_step: int, first_update: int, step_metrics: dict[str, float], updates: list[dict]
 ) -> list[dict[str, Any]]:
@@ -81,6 +97,7 @@ def train(config: AppConfig) -> dict[str, Any]:
     """Runs the configured training; returns the summary written to ``run.json``."""
     check_launch_environment()
     state = PartialState(cpu=not torch.cuda.is_available())
+    preflight(config, state.num_processes)
     out = Path(config.logging.output_dir)
     started = time.time()
     embedded = config.embedded  # prepare_embedded fills model.path in
