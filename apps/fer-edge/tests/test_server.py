@@ -3,9 +3,15 @@ malformed uploads, limits, /metrics, /metadata and /health."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +21,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from edge_asgi import Answer, call, running
 from edge_helpers import LABELS, encode, scene, serving
 
-from fer_edge.server import create_app
+from fer_edge.server import CLIENT_CLOSED, create_app
 
 MAX_BODY = 256 * 1024
 
@@ -262,3 +269,313 @@ def test_create_app_from_path(model_path: Path) -> None:
     with pytest.raises(ValueError, match="max_concurrency"):
         create_app(model_path, max_concurrency=0)
     assert os.path.exists(model_path)
+
+
+# --- hostile and broken clients -------------------------------------------------------------
+
+
+def metric(app, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
+    """One sample of the app's /metrics (0 when absent), read without HTTP."""
+    samples = parse_prometheus(app.state.metrics.render())
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+class LogRecords(logging.Handler):
+    """Collects the records of the loggers it is attached to (uvicorn's do not propagate)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def problems(self) -> list[str]:
+        return [
+            f"{r.name} {r.levelname}: {r.getMessage()}"
+            for r in self.records
+            if r.exc_info or r.levelno >= logging.ERROR
+        ]
+
+
+@pytest.fixture
+def server_logs() -> Iterator[LogRecords]:
+    handler = LogRecords()
+    loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "fastapi", "")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
+def test_client_disconnect_mid_body_is_not_an_internal_error(
+    session, server_logs: LogRecords
+) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(session, max_concurrency=1)
+    png = encode(scene(1))
+    sent = []
+
+    async def receive() -> dict:
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": png[:100], "more_body": True}
+        return {"type": "http.disconnect"}
+
+    async def go() -> Answer:
+        async with running(app):
+            return await call(app, headers=[(b"content-type", b"image/png")], receive=receive)
+
+    answer = asyncio.run(go())
+    assert answer.status == CLIENT_CLOSED == 499
+    assert answer.json()["error"] == "client_disconnect"
+    assert metric(app, "fer_edge_errors_total", reason="client_disconnect") == 1
+    assert metric(app, "fer_edge_errors_total", reason="internal") == 0
+    predict = {"endpoint": "/predict", "method": "POST"}
+    assert metric(app, "fer_edge_requests_total", code="499", **predict) == 1
+    assert metric(app, "fer_edge_requests_total", code="500", **predict) == 0
+    assert server_logs.problems() == []
+
+
+def test_client_disconnect_on_a_real_server_logs_no_traceback(
+    session, server_logs: LogRecords
+) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(session, max_concurrency=1)
+    with serving(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 100000\r\n\r\n" + bytes(1000)
+            )
+        deadline = time.monotonic() + 20  # a wait for the server, not a timed assertion
+        while metric(app, "fer_edge_errors_total", reason="client_disconnect") < 1:
+            assert time.monotonic() < deadline, app.state.metrics.render()
+            time.sleep(0.02)
+        assert healthy(url)
+    assert metric(app, "fer_edge_errors_total", reason="internal") == 0
+    assert metric(app, "fer_edge_requests_total", endpoint="/predict", method="POST", code="499")
+    assert server_logs.problems() == []
+
+
+def test_stalled_body_gets_408(session) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(session, max_concurrency=1, body_timeout_s=0.05)
+    sent = []
+
+    async def receive() -> dict:
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": b"\x89PNG", "more_body": True}
+        await asyncio.Event().wait()  # the rest never comes
+        raise AssertionError("unreachable")
+
+    async def go() -> Answer:
+        async with running(app):
+            request = call(app, headers=[(b"content-type", b"image/png")], receive=receive)
+            # A guard against hanging forever if the limit does not work, not a timing check.
+            return await asyncio.wait_for(request, 60)
+
+    answer = asyncio.run(go())
+    assert answer.status == 408
+    body = answer.json()
+    assert body["error"] == "body_timeout" and "0.05 s" in body["detail"]
+    assert answer.headers["connection"] == "close"
+    assert metric(app, "fer_edge_errors_total", reason="body_timeout") == 1
+    with pytest.raises(ValueError, match="body_timeout_s"):
+        create_app(session, body_timeout_s=0)
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        create_app(session, request_timeout_s=float("nan"))
+
+
+def test_slow_prediction_gets_504_and_keeps_its_slot(session) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def stuck_detector(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+        calls.append(1)
+        gate.wait(30)
+        return []
+
+    app = create_app(
+        session, max_concurrency=1, max_queue=4, detector=stuck_detector, request_timeout_s=0.2
+    )
+    png = encode(scene(1))
+    try:
+        with TestClient(app) as client:
+            first = client.post("/predict", content=png)
+            assert first.status_code == 504, first.text
+            assert first.json()["error"] == "timeout"
+            assert "did not finish" in first.json()["detail"]
+            # The timed-out prediction still runs: it holds the only slot, so the next request
+            # waits for it and times out without starting a second one.
+            assert metric(app, "fer_edge_inferences_running") == 1
+            assert metric(app, "fer_edge_inferences_abandoned") == 1
+            second = client.post("/predict", content=png)
+            assert second.status_code == 504 and "no worker" in second.json()["detail"]
+            assert len(calls) == 1
+            gate.set()
+            deadline = time.monotonic() + 20  # a wait for the thread, not a timed assertion
+            while metric(app, "fer_edge_inferences_running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert metric(app, "fer_edge_inferences_abandoned") == 0
+            third = client.post("/predict", content=png)
+            assert third.status_code == 200, third.text
+            assert len(calls) == 2
+    finally:
+        gate.set()
+    assert metric(app, "fer_edge_errors_total", reason="timeout") == 2
+
+
+def test_invalid_query_is_counted(session) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    app = create_app(session, max_concurrency=1)
+    with TestClient(app) as client:
+        r = client.post("/predict?faces=bogus", content=encode(scene(1)))
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert metric(app, "fer_edge_errors_total", reason="invalid_request") == 1
+
+
+def test_api_key(session, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import hmac
+
+    from fastapi.testclient import TestClient
+
+    compared: list[int] = []
+    real_compare = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append(1)
+        return real_compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    key = "k3y-With.Punct~9"
+    app = create_app(session, max_concurrency=1, api_key=key)
+    png = encode(scene(1))
+    guarded = ["/metadata", "/metrics", "/docs", "/redoc", "/openapi.json"]
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200  # liveness probes need no key
+        refused = 0
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {key}"}):
+            for path in guarded:
+                r = client.get(path, headers=headers)
+                assert r.status_code == 401, (path, headers, r.text)
+                assert r.headers["www-authenticate"].startswith("Bearer")
+                assert r.json()["error"] == "unauthorized" and key not in r.text
+                refused += 1
+            r = client.post("/predict", content=png, headers=headers)
+            assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+            refused += 1
+        for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+            for path in guarded:
+                assert client.get(path, headers=headers).status_code == 200, (path, headers)
+            r = client.post("/predict", content=png, headers=headers)
+            assert r.status_code == 200 and len(r.json()["faces"]) == 1
+        assert compared, "the key must be compared with hmac.compare_digest"
+    assert metric(app, "fer_edge_errors_total", reason="unauthorized") == refused
+    assert (
+        metric(app, "fer_edge_requests_total", endpoint="/predict", method="POST", code="401") == 3
+    )
+    for bad in ("", "two words", "tab\there", "caf\u00e9"):
+        with pytest.raises(ValueError, match="API key") as info:
+            create_app(session, api_key=bad)
+        assert not bad or bad not in str(info.value)
+
+
+def test_docs_on_by_default_and_off_on_request(session) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(session, max_concurrency=1)) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        assert "/predict" in client.get("/openapi.json").json()["paths"]
+    with TestClient(create_app(session, max_concurrency=1, docs=False)) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 404, path
+        assert client.get("/health").status_code == 200
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fer-edge: error: "), err
+    assert "Traceback" not in err and "serving" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_port_out_of_range(model_path: Path, port: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fer_edge.cli import main
+
+    assert main(["serve", "--model", str(model_path), "--port", port]) == 2
+    assert port in one_error_line(capsys.readouterr().err)
+
+
+def test_serve_busy_port(model_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fer_edge.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["serve", "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port)])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+def test_serve_bad_api_key_sources(model_path: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fer_edge.cli import main
+
+    serve = ["serve", "--model", str(model_path), "--port", "0"]
+    assert main([*serve, "--api-key-file", str(tmp_path / "missing")]) == 2
+    assert "not found" in one_error_line(capsys.readouterr().err)
+    (tmp_path / "blank").write_text("\n  \n")
+    assert main([*serve, "--api-key-file", str(tmp_path / "blank")]) == 2
+    assert "empty" in one_error_line(capsys.readouterr().err)
+    monkeypatch.setenv("FER_EDGE_API_KEY", "")
+    assert main(serve) == 2
+    assert "FER_EDGE_API_KEY" in one_error_line(capsys.readouterr().err)
+    monkeypatch.setenv("FER_EDGE_API_KEY", "has space")
+    assert main(serve) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "FER_EDGE_API_KEY" in line and "has space" not in line
+
+
+def test_serve_port_0_prints_the_real_port_and_takes_the_key_file(
+    model_path: Path, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    env = {k: v for k, v in os.environ.items() if k != "FER_EDGE_API_KEY"}
+    cmd = [sys.executable, "-m", "fer_edge", "serve", "--model", str(model_path)]
+    cmd += ["--providers", "cpu", "--port", "0", "--api-key-file", str(key_file), "--no-docs"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        match = re.search(
+            r"serving .* on http://127\.0\.0\.1:(\d+) \(API key from --api-key", first
+        )
+        assert match, first + proc.stderr.read() if proc.poll() is not None else first
+        url = f"http://127.0.0.1:{match.group(1)}"
+        assert int(match.group(1)) > 0
+        assert healthy(url)  # listening as soon as the line is out: no retry needed
+        assert httpx.get(f"{url}/metadata", timeout=10).status_code == 401
+        r = httpx.get(f"{url}/metadata", headers={"X-API-Key": "s3cret-key"}, timeout=10)
+        assert r.status_code == 200
+        docs = httpx.get(f"{url}/docs", headers={"X-API-Key": "s3cret-key"}, timeout=10)
+        assert docs.status_code == 404
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stderr is not None:
+                proc.stderr.close()

@@ -4,17 +4,21 @@ fer-edge run --model model.onnx --source photo.jpg
 fer-edge run --model model.onnx --source faces/ --out results.jsonl --annotate annotated/ --batch 8
 fer-edge run --model model.onnx --source clip.mp4 --annotate clip_annotated.mp4 --every 2
 fer-edge run --model model.onnx --source 0 --providers tensorrt --trt-fp16     # camera 0
-fer-edge serve --model model.onnx --host 0.0.0.0 --port 8000
+fer-edge serve --model model.onnx --host 0.0.0.0 --port 8000 --api-key-file /etc/fer-edge/key
 
 Exit status: 0 done (undecodable images are counted, not fatal), 2 bad arguments, a model that
-cannot be loaded (missing, corrupt, no FER metadata), an unavailable provider or a source that
-cannot be opened -- with one ``fer-edge: error: ...`` line on stderr, no traceback.
+cannot be loaded (missing, corrupt, no FER metadata), an unavailable provider, a source that
+cannot be opened, or (``serve``) a port out of range, busy or not allowed, or an unreadable API
+key file -- with one ``fer-edge: error: ...`` line on stderr, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -39,6 +43,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
     return value
 
 
@@ -125,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port, 1..65535 (default 8000); 0 picks a free one and prints it",
+    )
     serve.add_argument(
         "--max-body-mb",
         type=float,
@@ -145,6 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="requests waiting for a worker before 503 (default 4 x concurrency)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds for a whole request body to arrive (default 30; slower: 408)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds from the received body to the answer, waiting for a worker included "
+        "(default 30; longer: 504)",
+    )
+    serve.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require the API key in FILE (surrounding whitespace ignored) as X-API-Key or "
+        "'Authorization: Bearer' on every endpoint but /health; default: the FER_EDGE_API_KEY "
+        "environment variable if set, else no key",
+    )
+    serve.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="do not serve /docs, /redoc and /openapi.json",
     )
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
@@ -212,6 +258,58 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The API key to require and where it came from (``--api-key-file``, else the environment
+    variable); ``(None, "")`` for none. A file given but unusable, or the variable set but
+    empty, is a :class:`UsageError`: better than serving without the key by mistake."""
+    from fer_edge.server import API_KEY_ENV
+
+    if args.api_key_file:
+        path = Path(args.api_key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise UsageError(f"--api-key-file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --api-key-file {path}: {exc}") from exc
+        if not key:
+            raise UsageError(f"--api-key-file {path} is empty")
+        return key, f"--api-key-file {path}"
+    from_env = os.environ.get(API_KEY_ENV)
+    if from_env is None:
+        return None, ""
+    if not from_env.strip():
+        raise UsageError(f"{API_KEY_ENV} is set but empty: unset it to serve without a key")
+    return from_env.strip(), API_KEY_ENV
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound (not yet listening) to ``host:port``; :class:`UsageError` for a port
+    out of range, a host that does not resolve, or an address that is busy or not allowed."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 1..65535 (or 0 for a free port), got {port}")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve --host {host!r}: {exc.strerror}") from exc
+    # "localhost" may resolve to ::1 first; clients mostly try 127.0.0.1, as uvicorn's own
+    # binding (IPv4 unless the host has a colon) does.
+    infos.sort(key=lambda info: info[0] != (socket.AF_INET6 if ":" in host else socket.AF_INET))
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # Like uvicorn: a restart may rebind while old connections sit in TIME_WAIT; a port
+        # another process listens on still fails.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -221,20 +319,43 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     if args.max_queue is not None and args.max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
-    session = _load_session(args)
-    app = create_app(
-        session,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_concurrency=args.max_concurrency,
-        max_queue=args.max_queue,
-        faces=args.faces,
-    )
-    print(
-        f"fer-edge: serving {session.path.name} ({session.contract.model_name or 'model'}, "
-        f"provider {session.provider}) on http://{args.host}:{args.port}",
-        file=sys.stderr,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    api_key, key_source = _api_key(args)
+    # Bound before the model loads (a TensorRT build can take minutes) so that a busy port fails
+    # at once; listening only starts once the app is ready to answer.
+    sock = _bind(args.host, args.port)
+    with sock:
+        session = _load_session(args)
+        try:
+            app = create_app(
+                session,
+                max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                max_concurrency=args.max_concurrency,
+                max_queue=args.max_queue,
+                faces=args.faces,
+                body_timeout_s=args.body_timeout,
+                request_timeout_s=args.request_timeout,
+                api_key=api_key,
+                docs=not args.no_docs,
+            )
+        except ValueError as exc:  # an API key that cannot travel in a header
+            where = f" ({key_source})" if key_source else ""
+            raise UsageError(f"{exc}{where}") from exc
+        try:
+            sock.listen(2048)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+        port = sock.getsockname()[1]
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        extras = [f"API key from {key_source}" if api_key else "no API key"]
+        extras.append("no /docs" if args.no_docs else "docs at /docs")
+        print(
+            f"fer-edge: serving {session.path.name} ({session.contract.model_name or 'model'}, "
+            f"provider {session.provider}) on http://{host}:{port} ({'; '.join(extras)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        config = uvicorn.Config(app, log_level=args.log_level)
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

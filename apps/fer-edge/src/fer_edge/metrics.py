@@ -54,6 +54,7 @@ class Metrics:
         self.rejected_total = 0
         self.in_flight = 0
         self.inferences_running = 0
+        self.inferences_abandoned = 0
         self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
@@ -71,9 +72,17 @@ class Metrics:
         with self._lock:
             self.inferences_running += 1
 
-    def inference_finished(self) -> None:
+    def inference_finished(self, abandoned: bool = False) -> None:
+        """A worker thread ended; ``abandoned``: its request had already timed out."""
         with self._lock:
             self.inferences_running -= 1
+            if abandoned:
+                self.inferences_abandoned -= 1
+
+    def inference_abandoned(self) -> None:
+        """A request timed out while its prediction goes on running in a worker."""
+        with self._lock:
+            self.inferences_abandoned += 1
 
     def observe_predict(self, seconds: float, faces: int) -> None:
         """A successful prediction: its latency and the faces it found."""
@@ -90,7 +99,8 @@ class Metrics:
                 self.bucket_counts[-1] += 1
 
     def error(self, reason: str) -> None:
-        """A failed request, by reason (``too_large``, ``bad_image``, ``queue_full``...)."""
+        """A failed request, by reason: the error code it was answered with (``too_large``,
+        ``bad_image``, ``queue_full``, ``timeout``, ``client_disconnect``, ``internal``...)."""
         with self._lock:
             self.errors[reason] += 1
             if reason == "queue_full":
@@ -133,6 +143,12 @@ class Metrics:
             out.append(f"fer_edge_requests_in_flight {self.in_flight}")
             family("fer_edge_inferences_running", "gauge", "Predictions running in workers now.")
             out.append(f"fer_edge_inferences_running {self.inferences_running}")
+            family(
+                "fer_edge_inferences_abandoned",
+                "gauge",
+                "Predictions still running after their request timed out (each holds a slot).",
+            )
+            out.append(f"fer_edge_inferences_abandoned {self.inferences_abandoned}")
             family("fer_edge_model_info", "gauge", "The served model (value always 1).")
             out.append(f"fer_edge_model_info{_labels(self.model_info)} 1")
             return "\n".join(out) + "\n"

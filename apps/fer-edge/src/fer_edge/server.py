@@ -6,24 +6,36 @@ Endpoints:
   (``Content-Type: image/*``, ``application/octet-stream`` or none); query ``faces=detect|whole``.
   Answers ``{"width", "height", "faces": [Prediction.to_dict()...], "latency_ms", "model",
   "provider"}``.
-* ``GET /health`` -- ``{"status": "ok", "provider", "model", ...}``.
+* ``GET /health`` -- ``{"status": "ok", "provider", "model", ...}``; never needs the API key.
 * ``GET /metadata`` -- the model's preprocessing contract (labels, input size, precision...).
 * ``GET /metrics`` -- Prometheus text (:mod:`fer_edge.metrics`).
+* ``/docs``, ``/redoc``, ``/openapi.json`` -- the OpenAPI description (``docs=False``: 404).
 
-Errors are JSON ``{"error": <short code>, "detail": <what was wrong>}``: 400 empty body, 413
-body over ``max_body_bytes``, 415 unsupported ``Content-Type``, 422 undecodable image / missing
-``file`` field / bad query, 503 queue full, 500 anything unexpected (the server keeps serving).
+Errors are JSON ``{"error": <short code>, "detail": <what was wrong>}``: 400 empty body /
+malformed multipart / bad ``Content-Length``, 401 missing or wrong API key (with
+``WWW-Authenticate``), 408 body not received within ``body_timeout_s``, 413 body over
+``max_body_bytes`` or image over ``max_pixels``, 415 unsupported ``Content-Type``, 422
+undecodable image / missing ``file`` field / bad query, 499 client gone before its body was read
+(nobody receives it; it is what the request metrics count), 503 queue full, 504 no answer within
+``request_timeout_s``, 500 anything unexpected (the server keeps serving). Every error is
+counted in ``fer_edge_errors_total`` by its code; only the 500 logs a traceback.
 
 Concurrency: at most ``max_concurrency`` predictions run at once, each in a worker thread of a
 pool of that size (ONNX Runtime and OpenCV release the GIL), so the event loop keeps answering
 ``/health`` and ``/metrics``. Up to ``max_queue`` further requests wait for a worker; beyond that
 a request is refused at once with 503 and ``Retry-After: 1`` (a bounded queue keeps latency
-bounded and lets a load balancer go elsewhere instead of piling up timeouts).
+bounded and lets a load balancer go elsewhere instead of piling up timeouts). A request that
+waits and runs longer than ``request_timeout_s`` gets 504, but its worker thread cannot be
+stopped: it keeps its slot until it really ends, so timed-out work never piles up beyond
+``max_concurrency`` threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import math
 import os
 import threading
 import time
@@ -38,13 +50,23 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from fer_edge import __version__
 from fer_edge.metrics import CONTENT_TYPE, Metrics
 from fer_export.faces import FaceDetector, ImageDecodeError, decode_image
 from fer_export.runtime import FERSession, Prediction
 
-__all__ = ["ApiError", "ThreadLocalDetector", "create_app", "metadata_dict"]
+__all__ = [
+    "API_KEY_ENV",
+    "CLIENT_CLOSED",
+    "DEFAULT_BODY_TIMEOUT_S",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "ApiError",
+    "ThreadLocalDetector",
+    "create_app",
+    "metadata_dict",
+]
 
 Detector = Callable[[np.ndarray], Sequence[Sequence[int]]]
 Scope = MutableMapping[str, Any]
@@ -54,7 +76,18 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics")
+#: Paths answered without the API key: liveness probes cannot be given secrets everywhere.
+OPEN_PATHS = frozenset({"/health"})
 _RAW_TYPES = ("image/", "application/octet-stream")
+#: Seconds allowed for a whole request body to arrive.
+DEFAULT_BODY_TIMEOUT_S = 30.0
+#: Seconds allowed from a read body to the answer (waiting for a worker plus predicting).
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+#: Status recorded for a request whose client left before its body was read (nginx's "client
+#: closed request"); the answer reaches nobody, but the request metrics must not call it a 500.
+CLIENT_CLOSED = 499
+#: Environment variable ``fer-edge serve`` reads the API key from.
+API_KEY_ENV = "FER_EDGE_API_KEY"
 
 
 class ApiError(Exception):
@@ -138,38 +171,129 @@ class _Observe:
             self.metrics.request_finished(endpoint, scope.get("method", ""), status)
 
 
+def _check_api_key(key: str) -> bytes:
+    """The SHA-256 digest of a valid API key; :class:`ValueError` (without the key) if the key
+    could not travel in an HTTP header."""
+    if not key:
+        raise ValueError("the API key is empty")
+    bad = [c for c in key if not "!" <= c <= "~"]
+    if bad:
+        raise ValueError(
+            f"the API key ({len(key)} characters) has {len(bad)} character(s) that cannot be "
+            "sent in an HTTP header: use printable ASCII without spaces"
+        )
+    return hashlib.sha256(key.encode("ascii")).digest()
+
+
+def _presented_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The key a request presents: ``X-API-Key``, else an ``Authorization: Bearer`` token."""
+    bearer: bytes | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"x-api-key":
+            return value.strip()
+        if lowered == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                bearer = token.strip()
+    return bearer
+
+
+class _RequireKey:
+    """ASGI middleware: HTTP requests outside :data:`OPEN_PATHS` need the API key, checked
+    before the body is read (an unauthenticated upload costs no more than its headers)."""
+
+    def __init__(self, app: ASGIApp, digest: bytes, metrics: Metrics) -> None:
+        self.app = app
+        self.digest = digest
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = _presented_key(scope.get("headers") or ())
+        # Digests of equal length, compared in constant time: neither the key's content nor its
+        # length leaks through the answer's timing.
+        if given is not None and hmac.compare_digest(hashlib.sha256(given).digest(), self.digest):
+            await self.app(scope, receive, send)
+            return
+        detail = (
+            "this server needs an API key: send 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"
+            if given is None
+            else "the API key is not valid"
+        )
+        self.metrics.error("unauthorized")
+        response = _error_response(
+            ApiError(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="fer-edge"'})
+        )
+        await response(scope, receive, send)
+
+
 def _error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(
         {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=exc.headers
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, or a 413 :class:`ApiError` once it is known to exceed ``limit``."""
+def _check_timeout(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value}")
+
+
+async def _read_body(request: Request, limit: int, timeout: float | None) -> bytes:
+    """The request body; :class:`ApiError` 413 once it is known to exceed ``limit``, 408 if it
+    has not fully arrived within ``timeout`` seconds, 499 if the client went away."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
         except ValueError:
-            raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+            size = -1
+        if size < 0:
+            raise ApiError(
+                400, "bad_request", f"Content-Length must be a byte count, got {declared[:40]!r}"
+            )
         if size > limit:
             raise ApiError(
                 413, "too_large", f"request body is {size} bytes; the limit is {limit} bytes"
             )
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        # One deadline for the whole body, not per chunk: a client trickling a byte at a time
+        # must not hold the connection (and memory) for long either.
+        return await asyncio.wait_for(read(), timeout)
+    # Python 3.10 (JetPack 6) still raises asyncio's own TimeoutError, not the builtin.
+    except asyncio.TimeoutError:  # noqa: UP041
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout:g} s",
+            # The rest of the body may still be on its way: this connection cannot be reused.
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(
+            CLIENT_CLOSED,
+            "client_disconnect",
+            "the client closed the connection before sending the whole body",
+        ) from None
 
 
-async def _image_bytes(request: Request, limit: int) -> bytes:
+async def _image_bytes(request: Request, limit: int, timeout: float | None) -> bytes:
     """The uploaded image's bytes from a multipart ``file`` field or a raw body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _read_body(request, limit)
+    body = await _read_body(request, limit, timeout)
     if content_type == "multipart/form-data":
         sent = False
 
@@ -208,6 +332,14 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
     return data
 
 
+def _give_up(task: asyncio.Future[Any], release: Callable[[], None]) -> None:
+    """Cancel a pending semaphore acquisition; a permit it obtained anyway goes back."""
+    task.add_done_callback(
+        lambda t: release() if not t.cancelled() and t.exception() is None else None
+    )
+    task.cancel()
+
+
 def create_app(
     session_or_path: FERSession | str | os.PathLike[str],
     *,
@@ -216,6 +348,10 @@ def create_app(
     max_queue: int | None = None,
     faces: Literal["detect", "whole"] = "detect",
     detector: Detector | None = None,
+    body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S,
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+    api_key: str | None = None,
+    docs: bool = True,
     providers: str | Sequence[str] = "auto",
     **session_kwargs: Any,
 ) -> FastAPI:
@@ -231,6 +367,17 @@ def create_app(
         faces: default for the ``faces`` query parameter.
         detector: face detector for ``faces=detect`` (must be thread-safe); default
             :class:`ThreadLocalDetector`.
+        body_timeout_s: seconds for a request body to arrive in full (408 after); ``None``: no
+            limit.
+        request_timeout_s: seconds from the read body to the answer, waiting for a worker
+            included (504 after; the worker keeps its slot until its prediction ends);
+            ``None``: no limit.
+        api_key: if given, every request but ``GET /health`` must send it as ``X-API-Key`` or
+            ``Authorization: Bearer`` (401 otherwise). Printable ASCII, no spaces.
+        docs: serve ``/docs``, ``/redoc`` and ``/openapi.json``.
+
+    Raises :class:`ValueError` for a limit out of range or an unusable API key, and
+    :class:`TypeError` for ``session_kwargs`` given with an already loaded session.
     """
     if max_body_bytes < 1 or max_concurrency < 1:
         raise ValueError(
@@ -242,7 +389,16 @@ def create_app(
     queue_limit = 4 * max_concurrency if max_queue is None else max_queue
     if queue_limit < 0:
         raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+    _check_timeout("body_timeout_s", body_timeout_s)
+    _check_timeout("request_timeout_s", request_timeout_s)
+    key_digest = None if api_key is None else _check_api_key(api_key)
     if isinstance(session_or_path, FERSession):
+        if session_kwargs:
+            # They only apply to loading a model; silently dropping them would hide a typo.
+            raise TypeError(
+                f"unexpected keyword argument(s) {', '.join(sorted(session_kwargs))} for an "
+                "already loaded FERSession"
+            )
         session = session_or_path
     else:
         session = FERSession(Path(session_or_path), providers, **session_kwargs)
@@ -259,7 +415,9 @@ def create_app(
         }
     )
     executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="fer-infer")
-    state = {"admitted": 0}  # waiting + running predictions (event-loop thread only)
+    # Waiting + running predictions, timed-out ones still running included (event-loop thread
+    # only).
+    state = {"admitted": 0}
     slots: asyncio.Semaphore | None = None
     default_faces = faces
 
@@ -268,6 +426,61 @@ def create_app(
         boxes: str | Sequence[Sequence[int]] = "whole" if mode == "whole" else find_faces(rgb)
         height, width = rgb.shape[:2]
         return width, height, session.predict(rgb, faces=boxes)
+
+    async def run_prediction(
+        sem: asyncio.Semaphore, data: bytes, mode: str
+    ) -> tuple[int, int, list[Prediction]]:
+        """``infer`` in a worker within ``request_timeout_s``; 504 :class:`ApiError` after."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        state["admitted"] += 1
+        acquire = asyncio.ensure_future(sem.acquire())
+        try:
+            done, _ = await asyncio.wait({acquire}, timeout=request_timeout_s)
+        except BaseException:  # cancelled while waiting (server shutting down)
+            state["admitted"] -= 1
+            _give_up(acquire, sem.release)
+            raise
+        if not done:
+            state["admitted"] -= 1
+            _give_up(acquire, sem.release)
+            raise ApiError(
+                504,
+                "timeout",
+                f"no worker became free within {request_timeout_s:g} s "
+                f"({max_concurrency} predictions running)",
+            )
+        abandoned = False
+
+        def finished(future: asyncio.Future[Any]) -> None:
+            # Runs when the worker thread really ends, answered or not: only then is its slot
+            # free again.
+            metrics.inference_finished(abandoned=abandoned)
+            sem.release()
+            state["admitted"] -= 1
+            if abandoned and not future.cancelled():
+                future.exception()  # nobody awaits it any more: do not log it as unretrieved
+
+        metrics.inference_started()
+        try:
+            future = loop.run_in_executor(executor, infer, data, mode)
+        except BaseException:  # the executor is shut down: the server is stopping
+            metrics.inference_finished()
+            sem.release()
+            state["admitted"] -= 1
+            raise
+        future.add_done_callback(finished)
+        remaining = None
+        if request_timeout_s is not None:
+            remaining = max(0.0, request_timeout_s - (loop.time() - started))
+        answered, _ = await asyncio.wait({future}, timeout=remaining)
+        if not answered:
+            abandoned = True
+            metrics.inference_abandoned()
+            raise ApiError(
+                504, "timeout", f"the prediction did not finish within {request_timeout_s:g} s"
+            )
+        return future.result()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -281,6 +494,9 @@ def create_app(
         version=__version__,
         description="Facial expression recognition with an exported ONNX model.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.session = session
     app.state.metrics = metrics
@@ -296,6 +512,7 @@ def create_app(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
             for e in exc.errors()
         )
+        metrics.error("invalid_request")
         return _error_response(ApiError(422, "invalid_request", problems))
 
     @app.exception_handler(Exception)
@@ -311,7 +528,7 @@ def create_app(
         """Classify the faces of one uploaded image."""
         nonlocal slots
         start = time.perf_counter()
-        data = await _image_bytes(request, max_body_bytes)
+        data = await _image_bytes(request, max_body_bytes, body_timeout_s)
         if state["admitted"] >= max_concurrency + queue_limit:
             raise ApiError(
                 503,
@@ -321,21 +538,10 @@ def create_app(
             )
         if slots is None:
             slots = asyncio.Semaphore(max_concurrency)
-        state["admitted"] += 1
         try:
-            async with slots:
-                metrics.inference_started()
-                try:
-                    loop = asyncio.get_running_loop()
-                    width, height, preds = await loop.run_in_executor(
-                        executor, infer, data, faces or default_faces
-                    )
-                finally:
-                    metrics.inference_finished()
+            width, height, preds = await run_prediction(slots, data, faces or default_faces)
         except ImageDecodeError as exc:
             raise ApiError(422, "bad_image", str(exc)) from exc
-        finally:
-            state["admitted"] -= 1
         seconds = time.perf_counter() - start
         metrics.observe_predict(seconds, len(preds))
         return {
@@ -369,5 +575,8 @@ def create_app(
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    if key_digest is not None:
+        app.add_middleware(_RequireKey, digest=key_digest, metrics=metrics)
+    # Added last, so outermost: it also counts the 401s of the key check.
     app.add_middleware(_Observe, metrics=metrics)
     return app
