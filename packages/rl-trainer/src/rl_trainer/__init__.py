@@ -9,30 +9,61 @@ Main entry points:
   rollout backends (``register_rollout_backend``); clipping rules come from ``band_ops``.
 """
 
-from importlib import metadata as _metadata
+from __future__ import annotations
 
-from rl_trainer.advantages import (
-    available_advantages,
-    compute_advantages,
-    register_advantage,
-)
-from rl_trainer.config import TrainerConfig, load_config
-from rl_trainer.estimators import mean_at_k, pass_at_k
-from rl_trainer.rewards import (
-    RewardSpec,
-    available_rewards,
-    compute_rewards,
-    get_reward,
-    register_reward,
-)
-from rl_trainer.rollout import (
-    RolloutBackend,
-    RolloutOutput,
-    SamplingParams,
-    available_rollout_backends,
-    register_rollout_backend,
-)
-from rl_trainer.trainer import GRPOTrainer, NonFiniteLossError, RolloutBatch
+from importlib import import_module as _import_module
+from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it. Imported on first use (PEP 562), so that
+# ``import rl_trainer.config_io`` -- what an app needs to validate its configuration and exit
+# on a bad one -- does not load transformers, accelerate and the trainer first.
+_EXPORTS = {
+    "available_advantages": "advantages",
+    "compute_advantages": "advantages",
+    "register_advantage": "advantages",
+    "TrainerConfig": "config",
+    "load_config": "config",
+    "mean_at_k": "estimators",
+    "pass_at_k": "estimators",
+    "RewardSpec": "rewards",
+    "available_rewards": "rewards",
+    "compute_rewards": "rewards",
+    "get_reward": "rewards",
+    "register_reward": "rewards",
+    "RolloutBackend": "rollout",
+    "RolloutOutput": "rollout",
+    "SamplingParams": "rollout",
+    "available_rollout_backends": "rollout",
+    "register_rollout_backend": "rollout",
+    "GRPOTrainer": "trainer",
+    "NonFiniteLossError": "trainer",
+    "RolloutBatch": "trainer",
+}
+
+if TYPE_CHECKING:
+    from rl_trainer.advantages import (
+        available_advantages,
+        compute_advantages,
+        register_advantage,
+    )
+    from rl_trainer.config import TrainerConfig, load_config
+    from rl_trainer.estimators import mean_at_k, pass_at_k
+    from rl_trainer.rewards import (
+        RewardSpec,
+        available_rewards,
+        compute_rewards,
+        get_reward,
+        register_reward,
+    )
+    from rl_trainer.rollout import (
+        RolloutBackend,
+        RolloutOutput,
+        SamplingParams,
+        available_rollout_backends,
+        register_rollout_backend,
+    )
+    from rl_trainer.trainer import GRPOTrainer, NonFiniteLossError, RolloutBatch
 
 __version__ = _metadata.version("rl-trainer")
 
@@ -58,3 +89,16 @@ __all__ = [
     "register_reward",
     "register_rollout_backend",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rl_trainer' has no attribute {name!r}")
+    value = getattr(_import_module(f"rl_trainer.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from accelerate import Accelerator
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
 from rl_trainer.sampling import sample
+
+if TYPE_CHECKING:
+    # Imported where used: listing the backends (configuration checks) must stay fast.
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ def _bare_generation_config(model: nn.Module) -> Iterator[None]:
     """Within the block every generating module in ``model`` (the causal LM itself, also inside a
     PEFT wrapper) has a default ``GenerationConfig``, so none of the checkpoint's
     ``generation_config.json`` options (top_k, min_p, no_repeat_ngram_size, ...) reach sampling."""
+    from transformers import GenerationConfig, GenerationMixin
+
     owners = [
         m
         for m in model.modules()
@@ -248,6 +253,8 @@ class HFRolloutBackend:
                 "top_p": params.top_p,
                 "top_k": params.top_k,
             }
+        from transformers import GenerationConfig
+
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             repetition_penalty=1.0,
