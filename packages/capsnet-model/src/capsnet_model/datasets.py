@@ -174,7 +174,8 @@ class SkippedRow:
     reason: str
 
 
-def _to_rgb(image: np.ndarray, *, bgr: bool) -> np.ndarray:
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """An in-memory ``uint8`` grey, RGB or RGBA array as ``H x W x 3`` RGB."""
     if image.dtype != np.uint8:
         raise DatasetError(f"expected an uint8 image, got {image.dtype}")
     if image.ndim == 2:
@@ -182,10 +183,9 @@ def _to_rgb(image: np.ndarray, *, bgr: bool) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else image
+        return image
     if image.ndim == 3 and image.shape[2] == 4:
-        code = cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB
-        return cv2.cvtColor(image, code)
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
     raise DatasetError(f"unsupported image shape {image.shape}")
 
 
@@ -249,7 +249,7 @@ def _size_hw(image_size: ImageSize) -> tuple[int, int]:
 def _load_cropped(sample: FERSample) -> tuple[np.ndarray, tuple[int, int]]:
     """The sample's RGB image cropped to its box, and the crop's (x0, y0) in the full image."""
     if isinstance(sample.image, np.ndarray):
-        image = _to_rgb(sample.image, bgr=False)
+        image = _as_rgb(sample.image)
     else:
         try:
             image = read_image(sample.image)
