@@ -12,6 +12,7 @@ import pytest
 from edge_helpers import LABELS, encode, scene
 
 from fer_edge.cli import main
+from fer_images.testing import png_bomb
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict], str]:
@@ -271,25 +272,9 @@ def test_keyboard_interrupt_still_summarises(
     assert "(interrupted)" in summary.format()
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    """A valid 8-bit grey PNG of zeros: ~390 KB for 20000 x 20000, 1.2 GB once decoded as RGB."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    packer = zlib.compressobj(9)
-    rows = b"".join(packer.compress(b"\x00" * (width + 1)) for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows + packer.flush()) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
 @pytest.fixture(scope="module")
 def bomb_bytes() -> bytes:
-    return _png_bomb(20000, 20000)
+    return png_bomb(20000, 20000)
 
 
 def test_bomb_contract_exit_0_listed_with_error_and_bounded_memory(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -11,23 +9,12 @@ import numpy as np
 import pytest
 
 from capsnet_model.datasets import DatasetError, FERSample, load_folder, read_image
-
-
-def _png_bomb(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    packer = zlib.compressobj(9)
-    rows = b"".join(packer.compress(b"\x00" * (width + 1)) for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows + packer.flush()) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
+from fer_images.testing import png_bomb
 
 
 def test_read_image_refuses_a_bomb_from_its_header(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_bomb(20000, 20000))
+    bomb.write_bytes(png_bomb(20000, 20000))
     with pytest.raises(DatasetError, match=r"image too large \(image is 20000x20000.*bomb\.png"):
         read_image(bomb)
 
@@ -60,7 +47,7 @@ def test_a_bomb_in_a_folder_is_skipped_with_its_reason(tmp_path: Path) -> None:
             folder = tmp_path / split / label
             folder.mkdir(parents=True)
             cv2.imwrite(str(folder / "ok.png"), np.full((20, 20, 3), 128, np.uint8))
-    (tmp_path / "train" / "sad" / "bomb.png").write_bytes(_png_bomb(9000, 9000))
+    (tmp_path / "train" / "sad" / "bomb.png").write_bytes(png_bomb(9000, 9000))
     data = load_folder(tmp_path, "train", on_error="skip", verify_images=True)
     assert len(data) == 2
     assert [row.reason.split(":")[0] for row in data.skipped] == ["bad image"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -12,6 +10,7 @@ import pytest
 
 from fer_export.contract import ModelContract
 from fer_export.quantize import image_dir_batches
+from fer_images.testing import png_bomb
 
 
 def _contract(order: str) -> ModelContract:
@@ -25,18 +24,6 @@ def _contract(order: str) -> ModelContract:
     )
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    packer = zlib.compressobj(9)
-    rows = b"".join(packer.compress(b"\x00" * (width + 1)) for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows + packer.flush()) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     root = tmp_path / "faces"
@@ -46,7 +33,7 @@ def folder(tmp_path: Path) -> Path:
     cv2.imwrite(str(root / "a_red.png"), red)
     cv2.imwrite(str(root / "b_grey.png"), np.full((30, 20, 3), 77, np.uint8))
     (root / "c_text.png").write_text("not an image")
-    (root / "d_bomb.png").write_bytes(_png_bomb(9000, 9000))
+    (root / "d_bomb.png").write_bytes(png_bomb(9000, 9000))
     return root
 
 
@@ -62,6 +49,6 @@ def test_folder_calibration_skips_bad_and_oversized_files(
 
 
 def test_folder_without_readable_images_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "bomb.png").write_bytes(_png_bomb(9000, 9000))
+    (tmp_path / "bomb.png").write_bytes(png_bomb(9000, 9000))
     with pytest.raises(ValueError, match="no readable images"):
         list(image_dir_batches(tmp_path, _contract("RGB")))

@@ -17,6 +17,7 @@ from fer_export.faces import (
     crop_with_margin,
     decode_image,
 )
+from fer_images.testing import png_bomb
 
 
 def _decode_or_reject(data: bytes) -> None:
@@ -180,23 +181,8 @@ def test_crop_bad_boxes(box: tuple[int, ...]) -> None:
 # -- pixel limit (decompression bombs) --------------------------------------------------------
 
 
-def _png_bomb(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    packer = zlib.compressobj(9)
-    rows = b"".join(packer.compress(b"\x00" * (width + 1)) for _ in range(height))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = rows + packer.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_decode_refuses_a_bomb_before_decoding(tmp_path: Path) -> None:
-    bomb = _png_bomb(20000, 20000)
+    bomb = png_bomb(20000, 20000)
     with pytest.raises(ImageTooLargeError, match="20000x20000") as info:
         decode_image(bomb)
     assert info.value.limit == 40_000_000 and isinstance(info.value, ImageDecodeError)

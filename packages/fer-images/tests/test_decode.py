@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import resource
 import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -21,20 +20,7 @@ from fer_images import (
     decode_rgb,
     read_rgb,
 )
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid 8-bit grey PNG of zeros: tiny on disk, ``width * height`` bytes decoded."""
-    packer = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunks = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + chunks
+from fer_images.testing import png_bomb
 
 
 def _rss_mb() -> float:
@@ -213,3 +199,10 @@ def test_fuzz_headers_announcing_any_size(kind: str, width: int, height: int) ->
 def test_fuzz_memory_stays_bounded() -> None:
     # A whole fuzz pass above must not have grown the process by anything like a bomb's size.
     assert _rss_mb() < 1024
+
+
+def test_png_bomb_helper_is_a_real_png() -> None:
+    small = png_bomb(7, 5)
+    assert decode_rgb(small).shape == (5, 7, 3)
+    with pytest.raises(ValueError, match="width and height"):
+        png_bomb(0, 5)
