@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from edge_asgi import Answer, call, running
+from edge_asgi import Answer, bomb_png, call, running
 from edge_helpers import LABELS, encode, scene, serving
 
 from fer_edge.server import CLIENT_CLOSED, create_app
@@ -507,6 +507,14 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("option", ["0", "-2", "nan"])
+def test_serve_bad_max_megapixels(model_path: Path, option: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fer_edge.cli import main
+
+    assert main(["serve", "--model", str(model_path), "--max-megapixels", option]) == 2
+    assert "--max-megapixels" in one_error_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_serve_port_out_of_range(model_path: Path, port: str, capsys) -> None:  # type: ignore[no-untyped-def]
     from fer_edge.cli import main
@@ -554,6 +562,7 @@ def test_serve_port_0_prints_the_real_port_and_takes_the_key_file(
     env = {k: v for k, v in os.environ.items() if k != "FER_EDGE_API_KEY"}
     cmd = [sys.executable, "-m", "fer_edge", "serve", "--model", str(model_path)]
     cmd += ["--providers", "cpu", "--port", "0", "--api-key-file", str(key_file), "--no-docs"]
+    cmd += ["--max-megapixels", "0.05"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stderr is not None
@@ -570,6 +579,11 @@ def test_serve_port_0_prints_the_real_port_and_takes_the_key_file(
         assert r.status_code == 200
         docs = httpx.get(f"{url}/docs", headers={"X-API-Key": "s3cret-key"}, timeout=10)
         assert docs.status_code == 404
+        big = encode(scene(1))  # 240 x 240 = 57 600 pixels, over --max-megapixels 0.05
+        r = httpx.post(
+            f"{url}/predict", content=big, headers={"X-API-Key": "s3cret-key"}, timeout=30
+        )
+        assert r.status_code == 413 and r.json()["error"] == "image_too_large", r.text
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -579,3 +593,71 @@ def test_serve_port_0_prints_the_real_port_and_takes_the_key_file(
                 proc.kill()
             if proc.stderr is not None:
                 proc.stderr.close()
+
+
+def test_image_over_max_pixels_is_refused_before_decoding(
+    session, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import resource
+
+    import cv2
+    from fastapi.testclient import TestClient
+
+    bomb = bomb_png()
+    assert len(bomb) < 1024 * 1024
+    decoded: list[int] = []
+    real_imdecode = cv2.imdecode
+
+    def spy(buf, flags):  # type: ignore[no-untyped-def]
+        decoded.append(len(buf))
+        return real_imdecode(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    app = create_app(session, max_concurrency=1)  # the default limit, 40 megapixels
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with TestClient(app) as client:
+        r = client.post("/predict", content=bomb, headers={"content-type": "image/png"})
+        assert r.status_code == 413, r.text
+        body = r.json()
+        assert body["error"] == "image_too_large"
+        assert "20000x20000" in body["detail"] and "40000000" in body["detail"]
+        r = client.post("/predict", files={"file": ("bomb.png", bomb, "image/png")})
+        assert r.status_code == 413 and r.json()["error"] == "image_too_large"
+        assert decoded == []  # refused from the header: never handed to the decoder
+        # A decoded copy would be 1.2 GB (RGB); the peak must not have moved by a fraction.
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+        assert grown_mib < 300, grown_mib
+        assert client.post("/predict", content=encode(scene(1))).status_code == 200
+        assert len(decoded) == 1  # the spy does see real decodes
+    assert metric(app, "fer_edge_errors_total", reason="image_too_large") == 2
+
+    small = create_app(session, max_concurrency=1, max_pixels=240 * 240 - 1)
+    with TestClient(small) as client:
+        r = client.post("/predict", content=encode(scene(1)))
+    assert r.status_code == 413 and "240x240" in r.json()["detail"]
+    with pytest.raises(ValueError, match="max_pixels"):
+        create_app(session, max_pixels=0)
+
+
+def test_larger_max_pixels_than_the_default_is_honoured(
+    session, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The app checks the size once, with its own limit: the session must not check it again
+    with its 40 MP default, or a larger ``max_pixels`` would still refuse 41 MP images. (Seen
+    through a spy rather than with a real 41 MP image: decoding one would add ~400 MB to the
+    test process's peak memory.)"""
+    from fastapi.testclient import TestClient
+
+    limits: list[object] = []
+    predict = session.predict
+
+    def spy(image, faces="detect", **kwargs):  # type: ignore[no-untyped-def]
+        limits.append(kwargs.get("max_pixels", "default"))
+        return predict(image, faces, **kwargs)
+
+    monkeypatch.setattr(session, "predict", spy)
+    app = create_app(session, max_concurrency=1, max_pixels=50_000_000)
+    with TestClient(app) as client:
+        assert client.post("/predict", content=encode(scene(1))).status_code == 200
+        assert client.post("/predict?faces=whole", content=encode(scene(1))).status_code == 200
+    assert limits == [None, None]

@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable if set, else no key",
     )
     serve.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=40.0,
+        metavar="MP",
+        help="largest image, in millions of pixels, read from its header before decoding "
+        "(default 40; larger: 413)",
+    )
+    serve.add_argument(
         "--no-docs",
         action="store_true",
         help="do not serve /docs, /redoc and /openapi.json",
@@ -319,6 +327,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     if args.max_queue is not None and args.max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
+    max_pixels = args.max_megapixels * 1_000_000 if math.isfinite(args.max_megapixels) else 0
+    if max_pixels < 1:
+        raise UsageError(
+            f"--max-megapixels must be a positive number (at least 0.000001), got "
+            f"{args.max_megapixels}"
+        )
     api_key, key_source = _api_key(args)
     # Bound before the model loads (a TensorRT build can take minutes) so that a busy port fails
     # at once; listening only starts once the app is ready to answer.
@@ -336,6 +350,7 @@ def _serve(args: argparse.Namespace) -> int:
                 request_timeout_s=args.request_timeout,
                 api_key=api_key,
                 docs=not args.no_docs,
+                max_pixels=int(max_pixels),
             )
         except ValueError as exc:  # an API key that cannot travel in a header
             where = f" ({key_source})" if key_source else ""

@@ -17,8 +17,9 @@ malformed multipart / bad ``Content-Length``, 401 missing or wrong API key (with
 ``max_body_bytes`` or image over ``max_pixels``, 415 unsupported ``Content-Type``, 422
 undecodable image / missing ``file`` field / bad query, 499 client gone before its body was read
 (nobody receives it; it is what the request metrics count), 503 queue full, 504 no answer within
-``request_timeout_s``, 500 anything unexpected (the server keeps serving). Every error is
-counted in ``fer_edge_errors_total`` by its code; only the 500 logs a traceback.
+``request_timeout_s``, 500 anything unexpected (the server keeps serving). Every one of these is
+counted in ``fer_edge_errors_total`` by its code; only the 500 logs a traceback. (Unknown paths
+and methods get FastAPI's own 404/405 ``{"detail": ...}``, counted in the request metrics only.)
 
 Concurrency: at most ``max_concurrency`` predictions run at once, each in a worker thread of a
 pool of that size (ONNX Runtime and OpenCV release the GIL), so the event loop keeps answering
@@ -54,7 +55,13 @@ from starlette.requests import ClientDisconnect
 
 from fer_edge import __version__
 from fer_edge.metrics import CONTENT_TYPE, Metrics
-from fer_export.faces import FaceDetector, ImageDecodeError, decode_image
+from fer_export.faces import (
+    DEFAULT_MAX_PIXELS,
+    FaceDetector,
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+)
 from fer_export.runtime import FERSession, Prediction
 
 __all__ = [
@@ -352,6 +359,7 @@ def create_app(
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     api_key: str | None = None,
     docs: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     providers: str | Sequence[str] = "auto",
     **session_kwargs: Any,
 ) -> FastAPI:
@@ -375,6 +383,9 @@ def create_app(
         api_key: if given, every request but ``GET /health`` must send it as ``X-API-Key`` or
             ``Authorization: Bearer`` (401 otherwise). Printable ASCII, no spaces.
         docs: serve ``/docs``, ``/redoc`` and ``/openapi.json``.
+        max_pixels: largest image (width x height) decoded; a larger one is refused with 413
+            from its header alone, before any decoding (decompression bombs: a few hundred KB
+            of PNG can claim gigabytes of pixels). ``None``: no limit.
 
     Raises :class:`ValueError` for a limit out of range or an unusable API key, and
     :class:`TypeError` for ``session_kwargs`` given with an already loaded session.
@@ -391,6 +402,8 @@ def create_app(
         raise ValueError(f"max_queue must be >= 0, got {max_queue}")
     _check_timeout("body_timeout_s", body_timeout_s)
     _check_timeout("request_timeout_s", request_timeout_s)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
     key_digest = None if api_key is None else _check_api_key(api_key)
     if isinstance(session_or_path, FERSession):
         if session_kwargs:
@@ -422,10 +435,11 @@ def create_app(
     default_faces = faces
 
     def infer(data: bytes, mode: str) -> tuple[int, int, list[Prediction]]:
-        rgb = decode_image(data)
+        rgb = decode_image(data, max_pixels=max_pixels)
         boxes: str | Sequence[Sequence[int]] = "whole" if mode == "whole" else find_faces(rgb)
         height, width = rgb.shape[:2]
-        return width, height, session.predict(rgb, faces=boxes)
+        # Checked once above: the session's own default limit must not undo a larger one.
+        return width, height, session.predict(rgb, faces=boxes, max_pixels=None)
 
     async def run_prediction(
         sem: asyncio.Semaphore, data: bytes, mode: str
@@ -473,7 +487,12 @@ def create_app(
         remaining = None
         if request_timeout_s is not None:
             remaining = max(0.0, request_timeout_s - (loop.time() - started))
-        answered, _ = await asyncio.wait({future}, timeout=remaining)
+        try:
+            answered, _ = await asyncio.wait({future}, timeout=remaining)
+        except BaseException:  # cancelled (server shutting down): the thread runs on regardless
+            abandoned = True
+            metrics.inference_abandoned()
+            raise
         if not answered:
             abandoned = True
             metrics.inference_abandoned()
@@ -540,6 +559,13 @@ def create_app(
             slots = asyncio.Semaphore(max_concurrency)
         try:
             width, height, preds = await run_prediction(slots, data, faces or default_faces)
+        except ImageTooLargeError as exc:
+            raise ApiError(
+                413,
+                "image_too_large",
+                f"the image is {exc.width}x{exc.height} = {exc.pixels} pixels; the limit is "
+                f"{exc.limit} pixels",
+            ) from exc
         except ImageDecodeError as exc:
             raise ApiError(422, "bad_image", str(exc)) from exc
         seconds = time.perf_counter() - start
