@@ -1,13 +1,10 @@
 """Calling an ASGI app directly, without a server or an HTTP client in between, so that a test
 controls every ``receive`` message (a client that disconnects mid-body, one that stalls) and
-sees any exception that escapes the app; and a decompression-bomb PNG to send it (a uniquely
-named module, like ``edge_helpers``)."""
+sees any exception that escapes the app (a uniquely named module, like ``edge_helpers``)."""
 
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -94,24 +91,3 @@ async def running(app: Any) -> AsyncIterator[Any]:
     """``app`` with its lifespan entered (its worker pool is shut down on the way out)."""
     async with app.router.lifespan_context(app):
         yield app
-
-
-def bomb_png(side: int = 20000) -> bytes:
-    """A valid ``side`` x ``side`` 8-bit grey PNG of zero rows: ~390 KB for 20000 x 20000 (400
-    megapixels, 1.2 GB once decoded to RGB)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    packer = zlib.compressobj(9)
-    row = side + 1  # filter byte 0, then zero pixels
-    parts = [packer.compress(bytes(row * min(1000, side - y))) for y in range(0, side, 1000)]
-    parts.append(packer.flush())
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", b"".join(parts))
-        + chunk(b"IEND", b"")
-    )

@@ -21,10 +21,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from edge_asgi import Answer, bomb_png, call, running
+from edge_asgi import Answer, call, running
 from edge_helpers import LABELS, encode, scene, serving
 
 from fer_edge.server import CLIENT_CLOSED, create_app
+from fer_images.testing import png_bomb
 
 MAX_BODY = 256 * 1024
 
@@ -603,7 +604,7 @@ def test_image_over_max_pixels_is_refused_before_decoding(
     import cv2
     from fastapi.testclient import TestClient
 
-    bomb = bomb_png()
+    bomb = png_bomb(20000, 20000)
     assert len(bomb) < 1024 * 1024
     decoded: list[int] = []
     real_imdecode = cv2.imdecode

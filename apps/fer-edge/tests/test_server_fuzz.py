@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_asgi import Answer, bomb_png, call, running
+from edge_asgi import Answer, call, running
 from edge_helpers import encode, face_picture
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fer_edge.server import CLIENT_CLOSED, create_app
+from fer_images.testing import png_bomb
 
 MAX_BODY = 16 * 1024
 MAX_PIXELS = 200_000
@@ -50,7 +51,7 @@ GOOD_IMAGES = [
     encode(np.full((6, 9, 3), 200, np.uint8), ".png"),
     encode(face_picture(32), ".bmp"),
 ]
-BOMB = bomb_png(600)  # 360 000 pixels, over MAX_PIXELS: 413 image_too_large
+BOMB = png_bomb(600, 600)  # 360 000 pixels, over MAX_PIXELS: 413 image_too_large
 
 
 def box_everything(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
