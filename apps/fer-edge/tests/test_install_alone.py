@@ -43,9 +43,9 @@ print(json.dumps({"present": present, "python": sys.executable}))
 
 @pytest.mark.slow
 def test_fer_edge_installs_without_torch(tmp_path: Path) -> None:
-    """A fresh Python 3.10 venv outside the workspace gets fer-edge + fer-export + fer-images
-    from their directories and their registry dependencies (from uv's cache when warm): torch must not
-    come in, the CLI must start, and fer-edge's torch-free tests must pass there."""
+    """A fresh Python 3.10 venv outside the workspace gets fer-edge, fer-export and fer-images
+    from their directories and their registry dependencies (from uv's cache when warm): torch
+    must not come in, the CLI must start, and fer-edge's torch-free tests must pass there."""
     uv = shutil.which("uv")
     assert uv is not None, "uv is needed on PATH for this test (pip install uv)"
     venv = tmp_path / "venv"

@@ -285,11 +285,14 @@ def test_bomb_contract_exit_0_listed_with_error_and_bounded_memory(
     bomb = tmp_path / "BOMB.png"
     bomb.write_bytes(bomb_bytes)
     out = tmp_path / "F.jsonl"
+    # Peak resident size of the child itself (VmHWM): ru_maxrss would start at the pytest
+    # parent's peak, which has nothing to do with this run.
     script = (
-        "import resource, sys\n"
+        "import sys\n"
         "from fer_edge.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print('peak_kb', peak.split()[1], file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
     argv = ["run", "--model", str(model_path), "--source", str(bomb), "--out", str(out)]
@@ -300,8 +303,8 @@ def test_bomb_contract_exit_0_listed_with_error_and_bounded_memory(
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["file"] == "BOMB.png" and record["faces"] == []
     assert "20000x20000" in record["error"] and "over the limit" in record["error"]
-    maxrss_kb = int(proc.stderr.split("maxrss_kb")[1].split()[0])
-    assert maxrss_kb < 1024 * 1024, f"peak RSS {maxrss_kb} kB"
+    peak_kb = int(proc.stderr.split("peak_kb")[1].split()[0])
+    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb} kB"
     assert "1 images, 0 faces, 1 errors" in proc.stderr
 
 
@@ -426,7 +429,7 @@ def test_a_failing_prediction_becomes_an_error_line_not_a_crash(
 
     calls = []
 
-    def flaky(frames, faces):  # type: ignore[no-untyped-def]
+    def flaky(frames, faces, max_pixels):  # type: ignore[no-untyped-def]
         calls.append(len(frames))
         if len(calls) == 1:
             raise ValueError("box (3, 3, 0, 0) is empty")
@@ -438,3 +441,17 @@ def test_a_failing_prediction_becomes_an_error_line_not_a_crash(
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["error"] for r in records] == ["prediction failed: box (3, 3, 0, 0) is empty", None]
     assert summary.items == 2 and summary.errors == 1
+
+
+def test_max_megapixels_sets_the_limit_for_run(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "two.png"
+    image.write_bytes(encode(scene(2)))  # 480 x 240 = 115200 pixels
+    base = ["run", "--model", str(model_path), "--source", str(image), "--faces", "whole"]
+    code, lines, _ = run_cli([*base, "--max-megapixels", "0.1"], capsys)
+    assert code == 0 and "480x240" in lines[0]["error"] and "over the limit" in lines[0]["error"]
+    code, lines, _ = run_cli([*base, "--max-megapixels", "0.2"], capsys)
+    assert code == 0 and lines[0]["error"] is None and len(lines[0]["faces"]) == 1
+    assert main([*base, "--max-megapixels", "0"]) == 2
+    assert "--max-megapixels must be a positive number" in capsys.readouterr().err

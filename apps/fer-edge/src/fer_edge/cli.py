@@ -78,6 +78,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="TensorRT engine/timing cache folder (default <model>.trt_cache)",
     )
     p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=40.0,
+        metavar="MP",
+        help="largest image in millions of pixels, read from its header before decoding "
+        "(default 40); a larger one is refused (run: an error line; serve: 413)",
+    )
+    p.add_argument(
         "--threads",
         type=_positive,
         metavar="N",
@@ -188,14 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable if set, else no key",
     )
     serve.add_argument(
-        "--max-megapixels",
-        type=float,
-        default=40.0,
-        metavar="MP",
-        help="largest image, in millions of pixels, read from its header before decoding "
-        "(default 40; larger: 413)",
-    )
-    serve.add_argument(
         "--no-docs",
         action="store_true",
         help="do not serve /docs, /redoc and /openapi.json",
@@ -204,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
     )
     return parser
+
+
+def _max_pixels(args: argparse.Namespace) -> int:
+    """``--max-megapixels`` as a pixel count, or :class:`UsageError`."""
+    mp = args.max_megapixels
+    pixels = int(mp * 1_000_000) if math.isfinite(mp) else 0
+    if pixels < 1:
+        raise UsageError(
+            f"--max-megapixels must be a positive number (at least 0.000001), got {mp}"
+        )
+    return pixels
 
 
 def _load_session(args: argparse.Namespace) -> Any:
@@ -232,9 +243,10 @@ def _run(args: argparse.Namespace) -> int:
     from fer_edge.pipeline import run_source
     from fer_edge.sources import SourceError, open_source
 
+    max_pixels = _max_pixels(args)
     session = _load_session(args)
     try:
-        source = open_source(args.source, recursive=args.recursive)
+        source = open_source(args.source, recursive=args.recursive, max_pixels=max_pixels)
     except SourceError as exc:
         raise UsageError(str(exc)) from exc
     if args.annotate and source.kind == "folder" and Path(args.annotate).is_file():
@@ -327,12 +339,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     if args.max_queue is not None and args.max_queue < 0:
         raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
-    max_pixels = args.max_megapixels * 1_000_000 if math.isfinite(args.max_megapixels) else 0
-    if max_pixels < 1:
-        raise UsageError(
-            f"--max-megapixels must be a positive number (at least 0.000001), got "
-            f"{args.max_megapixels}"
-        )
+    max_pixels = _max_pixels(args)
     api_key, key_source = _api_key(args)
     # Bound before the model loads (a TensorRT build can take minutes) so that a busy port fails
     # at once; listening only starts once the app is ready to answer.

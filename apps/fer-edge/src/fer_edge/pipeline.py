@@ -209,7 +209,8 @@ def run_source(
             if good:
                 t0 = time.perf_counter()
                 try:
-                    results = session.predict_batch(frames, faces)
+                    # The source applied the pixel limit when it decoded them.
+                    results = session.predict_batch(frames, faces, max_pixels=None)
                 except ValueError as exc:
                     # One bad image must not end the run: its group gets the error instead.
                     for item in good:
