@@ -69,7 +69,11 @@ class Rule:
 
 # DESIGN.md, "Dependency rules". Apps have no row: they may import anything they declare.
 RULES: dict[str, Rule] = {
-    "band-ops": Rule(runtime=frozenset({"torch"})),
+    "band-ops": Rule(
+        runtime=frozenset({"torch"}),
+        extras={"trl": frozenset({"trl"})},
+        extra_modules={"trl": ("band_ops.trl",)},
+    ),
     "rl-trainer": Rule(
         # pyyaml (config files), tqdm (progress bar) and tokenizers (local character tokenizers)
         # are already required by transformers;

@@ -5,6 +5,7 @@ The table lives in ``RULES`` (tests/dependency_rules.py) and must match DESIGN.m
 
 =====================  =====================================================================
 band-ops               torch
+band-ops[trl]          + trl (the adapter module band_ops.trl only)
 rl-trainer             band-ops, torch, transformers, accelerate, peft, safetensors, datasets
                        (+ pyyaml, tqdm, tokenizers: already brought by transformers)
 rl-trainer[math]       + math-verify (imported lazily)
@@ -88,7 +89,8 @@ def test_member_follows_dependency_rules(member: Member) -> None:
 
 def test_rules_cover_design_table() -> None:
     assert set(RULES) == {"band-ops", "rl-trainer", "fer-images", "capsnet-model", "fer-export"}
-    assert RULES["band-ops"].allowed == {"torch"}
+    assert RULES["band-ops"].runtime == {"torch"}
+    assert RULES["band-ops"].allowed == {"torch", "trl"}
     assert "torch" not in RULES["fer-images"].allowed
     assert "torch" not in RULES["fer-export"].runtime
     assert {"torch", "onnxscript", "capsnet-model"} <= RULES["fer-export"].allowed

@@ -248,7 +248,7 @@ ALL = sorted(MEMBER_NAMES)
         # Both FER sides decode through fer-images.
         (
             ["packages/fer-images/src/fer_images/probe.py"],
-            ["capsnet-model", "fer-edge", "fer-export", "fer-train", "fer-images"],
+            ["capsnet-model", "fer-edge", "fer-export", "fer-images", "fer-train"],
         ),
         # fer-edge's tests train with fer-train (its `test` group): groups count too.
         (["apps/fer-train/src/fer_train/cli.py"], ["fer-edge", "fer-train"]),
