@@ -62,17 +62,17 @@ def test_explicit_provider_that_ort_drops_raises(
     model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ORT silently replaces a failing provider by CPU: an explicit request must not."""
-    import fer_export.runtime as rt
+    import fer_export.providers as prov
 
-    real = rt.ort.InferenceSession
+    real = prov.ort.InferenceSession
 
     def cpu_only(path: str, **kwargs: object) -> object:
         kwargs["providers"] = ["CPUExecutionProvider"]
         kwargs["provider_options"] = [{}]
         return real(path, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rt, "_gpu_unusable_reason", lambda name, device_id: None)
-    monkeypatch.setattr(rt.ort, "InferenceSession", cpu_only)
+    monkeypatch.setattr(prov, "gpu_unusable_reason", lambda name, device_id: None)
+    monkeypatch.setattr(prov.ort, "InferenceSession", cpu_only)
     with pytest.raises(ProviderUnavailableError, match="fell back"):
         FERSession(model_path, "cuda", trt_cache_dir=model_path.parent / "cache")
     session = FERSession(model_path, "auto", trt_cache_dir=model_path.parent / "cache")

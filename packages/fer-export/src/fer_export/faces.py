@@ -7,7 +7,11 @@
 * :class:`FaceDetector` finds frontal faces with OpenCV's Haar cascade
   (``haarcascade_frontalface_default.xml``, shipped with ``opencv-python-headless`` 4.x), on a
   copy scaled down to at most ``max_side`` pixels so its cost and memory stay bounded;
+* :class:`ThreadLocalDetector` gives each thread its own :class:`FaceDetector` (OpenCV's
+  cascade classifier is not safe to share between threads), so one detector can serve a pool;
 * :func:`crop_with_margin` cuts a face box out with a margin, clipped to the image.
+
+A *detector* is any callable ``rgb -> [(x, y, w, h), ...]`` (:data:`Detector`).
 
 Boxes are ``(x, y, w, h)`` integer tuples in pixel coordinates of the image they came from.
 """
@@ -15,7 +19,8 @@ Boxes are ``(x, y, w, h)`` integer tuples in pixel coordinates of the image they
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -33,6 +38,8 @@ from fer_images import (
 
 Box: TypeAlias = tuple[int, int, int, int]
 ImageInput: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] | np.ndarray
+#: A face detector: RGB ``uint8`` ``(H, W, 3)`` -> ``(x, y, w, h)`` boxes.
+Detector: TypeAlias = Callable[[np.ndarray], Sequence[Sequence[int]]]
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 #: Longest side of the copy the face detector searches (larger images are scaled down first).
@@ -44,11 +51,13 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DETECT_MAX_SIDE",
     "Box",
+    "Detector",
     "DetectorUnavailableError",
     "FaceDetector",
     "ImageDecodeError",
     "ImageInput",
     "ImageTooLargeError",
+    "ThreadLocalDetector",
     "as_rgb",
     "crop_with_margin",
     "decode_image",
@@ -240,3 +249,29 @@ class FaceDetector:
             f"min_size={self.min_size}, max_side={self.max_side}, "
             f"cascade={str(self.cascade_path)!r})"
         )
+
+
+class ThreadLocalDetector:
+    """A thread-safe detector: one detector per calling thread, made on its first call.
+
+    OpenCV's cascade classifier keeps scratch state while it searches, so one
+    :class:`FaceDetector` must not serve two threads at once. ``factory`` makes each thread's
+    detector (default: :class:`FaceDetector` with its default settings, so the boxes equal a
+    plain ``FaceDetector()``'s); a factory error (:class:`DetectorUnavailableError`) surfaces
+    on the first call, like the detector's own.
+    """
+
+    def __init__(self, factory: Callable[[], Detector] = FaceDetector) -> None:
+        self.factory = factory
+        self._local = threading.local()
+
+    def __call__(self, rgb: np.ndarray) -> Sequence[Sequence[int]]:
+        """The calling thread's detector's boxes for ``rgb``."""
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._local.detector = self.factory()
+        return detector(rgb)
+
+    def __repr__(self) -> str:
+        name = getattr(self.factory, "__qualname__", repr(self.factory))
+        return f"ThreadLocalDetector(factory={name})"

@@ -1,0 +1,371 @@
+"""The ONNX Runtime session of one exported FER model: :class:`FERSession` (no torch).
+
+It reads the model's contract (:func:`fer_export.contract.read_model`), opens an ORT session on
+the chosen execution provider (:mod:`fer_export.providers`) and runs preprocessed batches
+(:meth:`FERSession.run`: checks, batch splitting, static-batch padding, IO binding on GPUs,
+warm-up). Its ``predict*`` methods decode images (:func:`fer_export.faces.decode_image`) and
+hand them to the face pipeline (:func:`fer_export.predict.predict_images`) with the session's
+detector -- a :class:`fer_export.faces.ThreadLocalDetector` unless another is given, so a
+session can serve several threads at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from fer_export.contract import (
+    ATTENTION_INPUT,
+    IMAGE_INPUT,
+    SCORES_OUTPUT,
+    ContractError,
+    ModelContract,
+    read_model,
+)
+from fer_export.faces import (
+    DEFAULT_MAX_PIXELS,
+    Detector,
+    ImageInput,
+    ThreadLocalDetector,
+    decode_image,
+)
+from fer_export.predict import FacesArg, Prediction, per_image, predict_images
+from fer_export.providers import (
+    PROVIDER_NAMES,
+    ProviderSettings,
+    normalise_providers,
+    open_session,
+    short_name,
+)
+
+__all__ = ["FERSession"]
+
+
+class FERSession:
+    """An ONNX Runtime session for one exported FER model.
+
+    Args:
+        path: the ``.onnx`` file (with ``fer.*`` metadata).
+        providers: ``"auto"`` (TensorRT > CUDA > CPU, first that works), ``"tensorrt"``,
+            ``"cuda"``, ``"cpu"``, an ORT provider name or a list of them (see
+            :mod:`fer_export.runtime`).
+        device_id: CUDA device for the CUDA/TensorRT providers.
+        trt_cache_dir: TensorRT engine + timing cache folder (default
+            ``<model stem>.trt_cache`` next to the model).
+        trt_fp16: let TensorRT use fp16 kernels.
+        trt_batch: ``(min, opt, max)`` batch sizes of TensorRT's optimisation profile.
+        intra_op_threads, inter_op_threads: ORT thread pools (None: ORT's default).
+        warmup: run dummy batches now (builds/loads the TensorRT engine).
+        max_batch: largest batch sent to ORT in one call; larger ones are split.
+        detector: face detector for ``faces="detect"`` -- any callable
+            ``rgb -> [(x, y, w, h)]`` (default: a :class:`fer_export.faces.ThreadLocalDetector`,
+            one :class:`~fer_export.faces.FaceDetector` per thread, made on first use). Give a
+            thread-safe one if the session serves several threads.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelLoadError: a directory, an empty file, not an ONNX model, or one ONNX Runtime
+            cannot load (a ValueError; the message names the cause).
+        ContractError: no or invalid FER metadata, or a graph that does not match it (a
+            ValueError naming the key, its value and what it should be).
+        ProviderUnavailableError: an explicitly requested provider cannot be used.
+        ValueError: unknown provider name or bad argument.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: str | Sequence[str] = "auto",
+        *,
+        device_id: int = 0,
+        trt_cache_dir: str | os.PathLike[str] | None = None,
+        trt_fp16: bool = False,
+        trt_batch: tuple[int, int, int] = (1, 8, 32),
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        warmup: bool = True,
+        max_batch: int = 64,
+        detector: Detector | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if len(trt_batch) != 3 or not 1 <= trt_batch[0] <= trt_batch[1] <= trt_batch[2]:
+            raise ValueError(
+                f"trt_batch must be (min, opt, max) with 1 <= min <= opt <= max, got {trt_batch}"
+            )
+        auto, wanted = normalise_providers(providers)
+        loaded = read_model(self.path)  # the CLI's checks and messages for bad files
+        self._metadata = loaded.metadata
+        self._contract: ModelContract = loaded.contract
+        self._static_batch = loaded.static_batch
+        del loaded  # the protobuf: ONNX Runtime reads the file itself
+
+        self.device_id = int(device_id)
+        self.trt_fp16 = bool(trt_fp16)
+        self.trt_batch = (int(trt_batch[0]), int(trt_batch[1]), int(trt_batch[2]))
+        self.trt_cache_dir = (
+            Path(trt_cache_dir)
+            if trt_cache_dir is not None
+            else self.path.with_name(self.path.stem + ".trt_cache")
+        )
+        self.max_batch = int(max_batch)
+        self.latency_ms: float | None = None
+        self._detector: Detector = detector if detector is not None else ThreadLocalDetector()
+        self._attention_map: np.ndarray | None = None
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: no "nodes not assigned" warnings
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = int(intra_op_threads)
+        if inter_op_threads is not None:
+            options.inter_op_num_threads = int(inter_op_threads)
+
+        s = self._contract.input_size
+        shapes = {IMAGE_INPUT: (3, s, s)}
+        if self._contract.attention == "input":
+            shapes[ATTENTION_INPUT] = (1, s, s)
+        settings = ProviderSettings(
+            device_id=self.device_id,
+            trt_cache_dir=self.trt_cache_dir,
+            trt_fp16=self.trt_fp16,
+            trt_batch=self.trt_batch,
+            input_shapes=shapes,
+            static_batch=self._static_batch,
+        )
+        self._session, skipped = open_session(self.path, auto, wanted, settings, options)
+        #: Why ``auto`` skipped faster providers (empty for explicit requests).
+        self.skipped_providers: list[str] = skipped
+        self.providers: list[str] = list(self._session.get_providers())
+        main = self.providers[0]
+        self.provider: str = short_name(main)
+        self._io_device: str | None = (
+            "cuda" if main in (PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"]) else None
+        )
+        if warmup:
+            self.warmup()
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def contract(self) -> ModelContract:
+        """The preprocessing contract from the model's metadata."""
+        return self._contract
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """All ONNX metadata key/value pairs (a copy)."""
+        return dict(self._metadata)
+
+    @property
+    def input_size(self) -> int:
+        """``S``: the model takes ``(N, 3, S, S)`` images."""
+        return self._contract.input_size
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names, in score order."""
+        return self._contract.labels
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The underlying ONNX Runtime session."""
+        return self._session
+
+    @property
+    def detector(self) -> Detector:
+        """The face detector used by ``faces="detect"`` (thread-safe unless one was given)."""
+        return self._detector
+
+    def __repr__(self) -> str:
+        s = self.input_size
+        return (
+            f"FERSession(path={str(self.path)!r}, provider={self.provider!r}, "
+            f"input_size={s}x{s}, labels={len(self.labels)}, "
+            f"attention={self._contract.attention!r})"
+        )
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def _chunk_size(self) -> int:
+        if self._static_batch is not None:
+            return self._static_batch
+        if self.provider == "tensorrt":
+            return min(self.max_batch, self.trt_batch[2])
+        return self.max_batch
+
+    def _check_array(self, name: str, x: Any, channels: int, n: int | None) -> np.ndarray:
+        s = self.input_size
+        want = f"(N, {channels}, {s}, {s})" if n is None else f"({n}, {channels}, {s}, {s})"
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array {want} float32, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise ValueError(
+                f"{name} must be float32 {want}, got dtype {x.dtype} "
+                "(preprocess uint8 faces with session.contract.preprocess)"
+            )
+        if x.ndim != 4 or x.shape[1:] != (channels, s, s) or (n is not None and x.shape[0] != n):
+            raise ValueError(f"{name} must have shape {want}, got {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def _default_attention(self, n: int) -> np.ndarray:
+        if self._attention_map is None:
+            self._attention_map = self._contract.default_attention(1)
+        return np.ascontiguousarray(
+            np.broadcast_to(self._attention_map, (n, *self._attention_map.shape[1:]))
+        )
+
+    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self._io_device is None:
+            (out,) = self._session.run([SCORES_OUTPUT], feeds)
+            return np.asarray(out)
+        # A binding per call: bindings are not shared between threads.
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(SCORES_OUTPUT, self._io_device, self.device_id)
+        self._session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0])
+
+    def run(self, batch: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
+        """Scores ``(N, C)`` float32 for a preprocessed batch ``(N, 3, S, S)`` float32.
+
+        ``attention`` ``(N, 1, S, S)`` float32 is only for ``attention == "input"`` models and
+        defaults to the contract's template map (``contract.default_attention(N)``). Batches
+        larger than ``max_batch`` (or TensorRT's profile maximum) are split; a model with a
+        static batch size gets padded chunks. Sets :attr:`latency_ms`.
+        """
+        x = self._check_array("batch", batch, 3, None)
+        n = x.shape[0]
+        takes_attention = self._contract.attention == "input"
+        if attention is not None and not takes_attention:
+            raise ValueError(
+                f"{self.path.name} takes no attention input "
+                f"(contract attention={self._contract.attention!r})"
+            )
+        att: np.ndarray | None = None
+        if takes_attention:
+            att = (
+                self._default_attention(n)
+                if attention is None
+                else self._check_array("attention", attention, 1, n)
+            )
+        start = time.perf_counter()
+        if n == 0:
+            self.latency_ms = 0.0
+            return np.zeros((0, self._contract.num_classes), np.float32)
+        step = self._chunk_size()
+        parts: list[np.ndarray] = []
+        for i in range(0, n, step):
+            chunk = x[i : i + step]
+            m = chunk.shape[0]
+            feeds = {IMAGE_INPUT: chunk}
+            if att is not None:
+                feeds[ATTENTION_INPUT] = att[i : i + step]
+            if self._static_batch is not None and m < step:
+                feeds = {
+                    k: np.concatenate([v, np.zeros((step - m, *v.shape[1:]), v.dtype)])
+                    for k, v in feeds.items()
+                }
+            parts.append(self._run_chunk(feeds)[:m])
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self.latency_ms = (time.perf_counter() - start) * 1000.0
+        if out.shape != (n, self._contract.num_classes):
+            raise ContractError(
+                f"{self.path}: output {SCORES_OUTPUT!r} has shape {out.shape}, expected "
+                f"({n}, {self._contract.num_classes})"
+            )
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def warmup(self, runs: int = 2) -> None:
+        """Run ``runs`` dummy batches (batch 1, then TensorRT's ``opt`` batch size).
+
+        On TensorRT the first run builds the engine -- minutes on an edge board the first time,
+        then loaded from ``trt_cache_dir`` in seconds.
+        """
+        s = self.input_size
+        sizes = [1]
+        if self.provider == "tensorrt":
+            sizes.append(min(self.trt_batch[1], self._chunk_size()))
+        for i in range(max(1, runs)):
+            self.run(np.zeros((sizes[min(i, len(sizes) - 1)], 3, s, s), np.float32))
+
+    # -- images -------------------------------------------------------------------------------
+
+    def predict_decoded(
+        self,
+        images: Sequence[np.ndarray],
+        faces: FacesArg | Sequence[FacesArg] = "detect",
+        *,
+        detector: Detector | None = None,
+    ) -> list[list[Prediction]]:
+        """Predictions for every face of already decoded images, all faces run together.
+
+        ``images``: RGB ``uint8`` ``(H, W, 3)`` arrays as :func:`fer_export.faces.decode_image`
+        returns them -- used as they are (no second decode, no pixel limit: the decoder applied
+        it); anything else is a :class:`ValueError`. ``faces``: as for :meth:`predict_batch`.
+        ``detector``: for ``"detect"`` (default: :attr:`detector`). Returns one (possibly
+        empty) list per image.
+        """
+        images = list(images)
+        return predict_images(
+            images,
+            per_image(faces, len(images)),
+            contract=self._contract,
+            run=self.run,
+            detector=self._detector if detector is None else detector,
+        )
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        faces: FacesArg | Sequence[FacesArg] = "detect",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector: Detector | None = None,
+    ) -> list[list[Prediction]]:
+        """Predictions for every face of every image, with all faces run together.
+
+        ``faces`` is ``"detect"`` or ``"whole"`` for all images, or a sequence with one entry
+        per image (``"detect"``, ``"whole"`` or a list of ``(x, y, w, h)`` boxes).
+        ``max_pixels`` (default 40 MP, ``None``: no limit): a larger image raises
+        :class:`~fer_export.faces.ImageTooLargeError` -- for bytes and paths before it is
+        decoded. ``detector``: for ``"detect"`` (default: :attr:`detector`).
+        Returns one (possibly empty) list per image.
+        """
+        images = list(images)
+        entries = per_image(faces, len(images))
+        # Decoded one at a time as the pipeline takes them: one full image in memory at once.
+        decoded = (decode_image(image, max_pixels=max_pixels) for image in images)
+        return predict_images(
+            decoded,
+            entries,
+            contract=self._contract,
+            run=self.run,
+            detector=self._detector if detector is None else detector,
+        )
+
+    def predict(
+        self,
+        image: ImageInput,
+        faces: FacesArg = "detect",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector: Detector | None = None,
+    ) -> list[Prediction]:
+        """Predictions for the faces in one image.
+
+        ``image``: RGB ``uint8`` ``(H, W, 3)`` (grayscale ``(H, W)`` and RGBA accepted), a path
+        or encoded bytes. ``faces``: ``"detect"`` (the detector's boxes, largest first; no face
+        -> ``[]``), ``"whole"`` (the whole image is the face) or a list of ``(x, y, w, h)``
+        boxes. Detected and given boxes are cropped with the contract's ``face_margin``.
+        ``max_pixels``, ``detector``: see :meth:`predict_batch`.
+        """
+        return self.predict_batch([image], [faces], max_pixels=max_pixels, detector=detector)[0]
