@@ -13,6 +13,7 @@ from datasets import Dataset
 from bandpo_train.config import AppConfig, run_rewards
 from bandpo_train.tasks import get_task
 from bandpo_train.warm_start import warm_start
+from rl_trainer._io import atomic_write_text
 from rl_trainer.config_io import ConfigError
 from rl_trainer.data import load_prompt_dataset, tokenize_prompts
 from rl_trainer.models import apply_lora
@@ -107,9 +108,7 @@ def prepare_embedded(config: AppConfig, *, build: bool) -> Path:
         rows = task.rows(config.task.train_size, config.task.seed)
         held_out = task.rows(config.task.eval_size, config.task.seed + 1)
         for path, data in ((train_file, rows), (eval_file, held_out)):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in data))
         tokenizer = build_char_tokenizer(task.characters, chat_template=None)
         model = build_tiny_model(
             tokenizer,

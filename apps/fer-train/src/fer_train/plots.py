@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
+
+from capsnet_model._io import atomic_write_bytes
 
 PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("loss", (("train_loss", "train"), ("val_loss", "validation"))),
@@ -45,9 +48,7 @@ def plot_learning_curves(
         else:
             ax.text(0.5, 0.5, "no epochs logged", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())

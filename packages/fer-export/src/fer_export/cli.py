@@ -127,6 +127,8 @@ def _size(path: Path) -> str:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "checkpoint")
+    if args.output.is_dir():
+        raise UsageError(f"-o {args.output} is a folder; give the .onnx file to write")
     if args.int8 and args.calib != "synthetic" and not Path(args.calib).is_dir():
         raise UsageError(f"calibration folder not found: {args.calib}")
     if args.calib_count <= 0:
@@ -145,6 +147,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if attention == "input":
             raise UsageError(f"{args.checkpoint} holds a model without attention: no 'input'")
         attention = "none"
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission
+        raise UsageError(f"cannot create the folder of -o {args.output}: {exc}") from exc
     start = time.perf_counter()
     try:
         out = export_onnx(

@@ -404,16 +404,12 @@ def export_onnx(
         _check_graph(proto, names, str(path))
         strip_debug_info(proto)
         set_metadata(proto, contract.to_metadata())
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            atomic_write_model(proto, tmp)
-            if verify:
-                verify_onnx(tmp, model, batch_sizes=batch_sizes, atol=atol)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        def check(tmp: Path) -> None:
+            verify_onnx(tmp, model, batch_sizes=batch_sizes, atol=atol)
+
+        # Verified as the temporary file, so a model that fails never replaces ``path``.
+        atomic_write_bytes(path, proto.SerializeToString(), check=check if verify else None)
     finally:
         model.train(was_training)
     return path

@@ -26,8 +26,6 @@ import errno
 import itertools
 import os
 import re
-import stat
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +33,8 @@ from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
+
+from rl_trainer._io import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -506,32 +506,15 @@ def load_config(
 def dump_yaml(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Returns ``path`` as a ``Path`` after writing ``to_dict(obj)`` to it as YAML, atomically.
 
-    The text goes to a temporary file in the same directory (created if missing) that then
-    replaces ``path`` with ``os.replace``, so readers never see half a file. Keys keep the
-    dataclass field order. An existing file keeps its permissions; a new one gets 0o644.
+    Written through :func:`rl_trainer._io.atomic_write_text` (a temporary file in the same
+    folder, created if missing, fsynced, then ``os.replace``), so readers never see half a
+    file; the file gets the mode a plain ``open()`` gives a new file (0o644 under umask 022).
+    Keys keep the dataclass field order.
     """
-    target = Path(path)
     text = yaml.dump(
         to_dict(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    return target
+    return atomic_write_text(path, text)
 
 
 def split_cli_args(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
