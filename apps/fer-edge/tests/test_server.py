@@ -640,25 +640,79 @@ def test_image_over_max_pixels_is_refused_before_decoding(
         create_app(session, max_pixels=0)
 
 
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """Every ``decode_image`` call (``(type of its input, max_pixels)``) and, as ``("imdecode",
+    None)``, every real OpenCV decode, wherever the code under test calls them from."""
+    import cv2
+
+    import fer_edge.server
+    import fer_export.faces
+    import fer_export.runtime
+    import fer_export.session
+
+    calls: list[tuple[str, object]] = []
+    real_decode = fer_export.faces.decode_image
+    real_imdecode = cv2.imdecode
+
+    def decode_spy(data, *, max_pixels="default"):  # type: ignore[no-untyped-def]
+        calls.append((type(data).__name__, max_pixels))
+        return real_decode(data, max_pixels=max_pixels)
+
+    def imdecode_spy(buf, flags):  # type: ignore[no-untyped-def]
+        calls.append(("imdecode", None))
+        return real_imdecode(buf, flags)
+
+    for module in (fer_export.faces, fer_export.session, fer_export.runtime, fer_edge.server):
+        monkeypatch.setattr(module, "decode_image", decode_spy)
+    monkeypatch.setattr(cv2, "imdecode", imdecode_spy)
+    return calls
+
+
 def test_larger_max_pixels_than_the_default_is_honoured(
-    session, monkeypatch: pytest.MonkeyPatch
+    session, decodes: list[tuple[str, object]]
 ) -> None:  # type: ignore[no-untyped-def]
-    """The app checks the size once, with its own limit: the session must not check it again
-    with its 40 MP default, or a larger ``max_pixels`` would still refuse 41 MP images. (Seen
+    """The app checks the size once, with its own limit: nothing checks it again with the
+    session's 40 MP default, or a larger ``max_pixels`` would still refuse 41 MP images. (Seen
     through a spy rather than with a real 41 MP image: decoding one would add ~400 MB to the
     test process's peak memory.)"""
     from fastapi.testclient import TestClient
 
-    limits: list[object] = []
-    predict = session.predict
-
-    def spy(image, faces="detect", **kwargs):  # type: ignore[no-untyped-def]
-        limits.append(kwargs.get("max_pixels", "default"))
-        return predict(image, faces, **kwargs)
-
-    monkeypatch.setattr(session, "predict", spy)
     app = create_app(session, max_concurrency=1, max_pixels=50_000_000)
     with TestClient(app) as client:
         assert client.post("/predict", content=encode(scene(1))).status_code == 200
         assert client.post("/predict?faces=whole", content=encode(scene(1))).status_code == 200
-    assert limits == [None, None]
+    limits = [limit for kind, limit in decodes if kind != "imdecode"]
+    assert limits == [50_000_000, 50_000_000]
+
+
+@pytest.mark.parametrize("upload", ["raw", "multipart"])
+@pytest.mark.parametrize("faces", ["detect", "whole"])
+def test_each_upload_is_decoded_once(
+    session, decodes: list[tuple[str, object]], upload: str, faces: str, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One decode per request (raw body or multipart upload, both face modes), the multipart
+    body parsed without a second request, and the answer still equal to the session's own."""
+    from fastapi.testclient import TestClient
+    from starlette.requests import Request
+
+    def no_form(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the multipart body was handed to starlette's form parser")
+
+    monkeypatch.setattr(Request, "form", no_form)
+    data = encode(scene(2), ".png")
+    expected = [p.to_dict() for p in session.predict(data, faces)]
+    assert expected
+    decodes.clear()
+    app = create_app(session, max_concurrency=1)
+    with TestClient(app) as client:
+        for _ in range(2):
+            if upload == "raw":
+                r = client.post(f"/predict?faces={faces}", content=data)
+            else:
+                files = {"file": ("x.png", data, "image/png")}
+                r = client.post(f"/predict?faces={faces}", files=files, data={"note": "hi"})
+            assert r.status_code == 200, r.text
+            assert r.json()["faces"] == expected
+            assert decodes == [("bytes", 40_000_000), ("imdecode", None)]
+            decodes.clear()

@@ -21,6 +21,10 @@ undecodable image / missing ``file`` field / bad query, 499 client gone before i
 counted in ``fer_edge_errors_total`` by its code; only the 500 logs a traceback. (Unknown paths
 and methods get FastAPI's own 404/405 ``{"detail": ...}``, counted in the request metrics only.)
 
+Uploads: the body is read once (within ``max_body_bytes`` and ``body_timeout_s``); a multipart
+body is parsed from those bytes by python-multipart's parser (only the ``file`` part's bytes are
+kept), and the image is decoded once, in the worker, from its header first (``max_pixels``).
+
 Concurrency: at most ``max_concurrency`` predictions run at once, each in a worker thread of a
 pool of that size (ONNX Runtime and OpenCV release the GIL), so the event loop keeps answering
 ``/health`` and ``/metrics``. Up to ``max_queue`` further requests wait for a worker; beyond that
@@ -38,7 +42,6 @@ import hashlib
 import hmac
 import math
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,23 +49,32 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from fer_edge import __version__
 from fer_edge.metrics import CONTENT_TYPE, Metrics
 from fer_export.faces import (
     DEFAULT_MAX_PIXELS,
-    FaceDetector,
+    Detector,
     ImageDecodeError,
     ImageTooLargeError,
+    ThreadLocalDetector,
     decode_image,
 )
 from fer_export.runtime import FERSession, Prediction
+
+try:
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ModuleNotFoundError:  # pragma: no cover - python-multipart < 0.0.13 (import name multipart)
+    from multipart.exceptions import FormParserError  # type: ignore[no-redef]
+    from multipart.multipart import (  # type: ignore[no-redef]
+        MultipartParser,
+        parse_options_header,
+    )
 
 __all__ = [
     "API_KEY_ENV",
@@ -75,7 +87,6 @@ __all__ = [
     "metadata_dict",
 ]
 
-Detector = Callable[[np.ndarray], Sequence[Sequence[int]]]
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -110,44 +121,10 @@ class ApiError(Exception):
         self.headers = headers
 
 
-class ThreadLocalDetector:
-    """One :class:`fer_export.faces.FaceDetector` per thread (OpenCV's cascade classifier keeps
-    scratch state and is not safe to share between threads); same settings as FERSession's
-    default detector, so results equal ``FERSession.predict``'s."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def __call__(self, rgb: np.ndarray) -> Sequence[Sequence[int]]:
-        detector = getattr(self._local, "detector", None)
-        if detector is None:
-            detector = self._local.detector = FaceDetector()
-        return detector(rgb)
-
-
 def metadata_dict(session: FERSession) -> dict[str, Any]:
-    """What ``GET /metadata`` answers: the contract plus the file and provider."""
-    c = session.contract
-    return {
-        "model_name": c.model_name,
-        "model_version": c.model_version,
-        "precision": c.precision,
-        "labels": list(c.labels),
-        "num_classes": c.num_classes,
-        "input_size": c.input_size,
-        "input_shape": ["N", 3, c.input_size, c.input_size],
-        "layout": "NCHW",
-        "channel_order": c.channel_order,
-        "pixel_scale": c.pixel_scale,
-        "mean": list(c.mean),
-        "std": list(c.std),
-        "attention": c.attention,
-        "score_kind": c.score_kind,
-        "face_margin": c.face_margin,
-        "exporter": dict(c.exporter),
-        "file": session.path.name,
-        "provider": session.provider,
-    }
+    """What ``GET /metadata`` answers: the contract's JSON form
+    (:meth:`fer_export.contract.ModelContract.to_dict`) plus the file name and provider."""
+    return {**session.contract.to_dict(), "file": session.path.name, "provider": session.provider}
 
 
 class _Observe:
@@ -297,34 +274,118 @@ async def _read_body(request: Request, limit: int, timeout: float | None) -> byt
         ) from None
 
 
+#: Field names listed in a ``missing_file`` error (a body can hold thousands of parts).
+_MAX_LISTED_FIELDS = 20
+
+
+def _field_name(disposition: bytes, charset: str) -> str:
+    """The ``name`` of a part's ``Content-Disposition``; 400 :class:`ApiError` without one."""
+    _, options = parse_options_header(disposition)
+    name = options.get(b"name")
+    if name is None:
+        raise ApiError(
+            400,
+            "bad_multipart",
+            "malformed multipart body: a part has no Content-Disposition with a name",
+        )
+    try:
+        return name.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        return name.decode("latin-1")
+
+
+def _multipart_file(body: bytes, content_type: str) -> bytes:
+    """The bytes of the ``file`` part of a ``multipart/form-data`` body, parsed in one pass.
+
+    Only that part's bytes are kept (other parts are skipped, not stored). The last part named
+    ``file`` counts, as in a form. :class:`ApiError` 400 ``bad_multipart`` for a missing
+    boundary, a part without a name or framing python-multipart rejects; 422 ``missing_file``
+    when no complete part is named ``file`` or it is a text field (no ``filename``).
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_multipart", "malformed multipart body: no boundary given")
+    charset = params.get(b"charset", b"utf-8").decode("latin-1")
+    headers: dict[bytes, bytes] = {}
+    header_name = bytearray()
+    header_value = bytearray()
+    current: list[bytes] = []
+    names: set[str] = set()
+    found: tuple[bool, list[bytes]] | None = None  # (is an upload, its data) of "file"
+    part_name = ""
+    keep = False
+
+    def on_part_begin() -> None:
+        nonlocal keep
+        headers.clear()
+        current.clear()
+        keep = False
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers[bytes(header_name).lower()] = bytes(header_value)
+        header_name.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        nonlocal part_name, keep
+        part_name = _field_name(headers.get(b"content-disposition", b""), charset)
+        keep = part_name == "file"
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if keep:
+            current.append(data[start:end])
+
+    def on_part_end() -> None:
+        nonlocal found
+        if len(names) < _MAX_LISTED_FIELDS:
+            names.add(part_name)
+        if keep:
+            _, options = parse_options_header(headers.get(b"content-disposition", b""))
+            found = (b"filename" in options, list(current))
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
+    if found is None:
+        listed = ", ".join(sorted(names)) or "none"
+        raise ApiError(
+            422, "missing_file", f"multipart body has no 'file' field (fields: {listed})"
+        )
+    is_upload, chunks = found
+    if not is_upload:
+        raise ApiError(422, "missing_file", "the 'file' field is text, not an uploaded file")
+    return b"".join(chunks)
+
+
 async def _image_bytes(request: Request, limit: int, timeout: float | None) -> bytes:
-    """The uploaded image's bytes from a multipart ``file`` field or a raw body."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    """The uploaded image's bytes from a multipart ``file`` field or a raw body (the body is
+    read once; a multipart one is parsed from those bytes, without a second request)."""
+    raw_type = request.headers.get("content-type", "")
+    content_type = raw_type.split(";")[0].strip().lower()
     body = await _read_body(request, limit, timeout)
     if content_type == "multipart/form-data":
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form()
-        except Exception as exc:  # python-multipart / starlette parse errors
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
-        upload = form.get("file")
-        if upload is None:
-            fields = ", ".join(sorted(form.keys())) or "none"
-            raise ApiError(
-                422, "missing_file", f"multipart body has no 'file' field (fields: {fields})"
-            )
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "missing_file", "the 'file' field is text, not an uploaded file")
-        data = await upload.read()
-        await form.close()
+        data = _multipart_file(body, raw_type)
     elif content_type == "" or content_type.startswith(_RAW_TYPES):
         data = body
     else:
@@ -373,8 +434,9 @@ def create_app(
         max_queue: requests allowed to wait for a worker (default ``4 * max_concurrency``);
             more get 503.
         faces: default for the ``faces`` query parameter.
-        detector: face detector for ``faces=detect`` (must be thread-safe); default
-            :class:`ThreadLocalDetector`.
+        detector: face detector for ``faces=detect`` (must be thread-safe); default: the
+            session's (:attr:`FERSession.detector`, a thread-safe
+            :class:`fer_export.faces.ThreadLocalDetector` unless the session was given another).
         body_timeout_s: seconds for a request body to arrive in full (408 after); ``None``: no
             limit.
         request_timeout_s: seconds from the read body to the answer, waiting for a worker
@@ -415,7 +477,7 @@ def create_app(
         session = session_or_path
     else:
         session = FERSession(Path(session_or_path), providers, **session_kwargs)
-    find_faces: Detector = detector if detector is not None else ThreadLocalDetector()
+    find_faces: Detector = detector if detector is not None else session.detector
     contract = session.contract
     metrics = Metrics(
         {
@@ -435,11 +497,12 @@ def create_app(
     default_faces = faces
 
     def infer(data: bytes, mode: str) -> tuple[int, int, list[Prediction]]:
+        # The one decode of this request (the pixel limit is checked from the header first);
+        # the pipeline takes the array as it is.
         rgb = decode_image(data, max_pixels=max_pixels)
-        boxes: str | Sequence[Sequence[int]] = "whole" if mode == "whole" else find_faces(rgb)
         height, width = rgb.shape[:2]
-        # Checked once above: the session's own default limit must not undo a larger one.
-        return width, height, session.predict(rgb, faces=boxes, max_pixels=None)
+        (preds,) = session.predict_decoded([rgb], mode, detector=find_faces)
+        return width, height, preds
 
     async def run_prediction(
         sem: asyncio.Semaphore, data: bytes, mode: str

@@ -429,12 +429,22 @@ class ModelContract:
         """Graph input names, in order."""
         return (IMAGE_INPUT, ATTENTION_INPUT) if self.attention == "input" else (IMAGE_INPUT,)
 
-    def to_metadata(self) -> dict[str, str]:
-        """String key/value pairs for ``ModelProto.metadata_props``."""
-        values: dict[str, Any] = {
+    def to_dict(self) -> dict[str, Any]:
+        """The contract as JSON-ready values: every metadata key without its ``fer.`` prefix
+        (the values :meth:`to_metadata` stores, not JSON-encoded) plus ``num_classes`` and
+        ``input_shape``.
+
+        The one JSON form of the contract: ``fer-export info --json`` and fer-edge's
+        ``GET /metadata`` both answer it, each adding its own keys (file, provider...).
+        """
+        s = self.input_size
+        # In the metadata's key order (to_metadata writes the same order as before).
+        return {
             "format": FORMAT,
             "labels": list(self.labels),
-            "input_size": self.input_size,
+            "num_classes": self.num_classes,
+            "input_size": s,
+            "input_shape": ["N", 3, s, s],
             "mean": list(self.mean),
             "std": list(self.std),
             "attention": self.attention,
@@ -449,9 +459,14 @@ class ModelContract:
             "au_centres": [list(c) for c in self.au_centres],
             "au_grid": self.au_grid,
             "au_falloff": self.au_falloff,
-            "exporter": self.exporter,
-            "extra": self.extra,
+            "exporter": dict(self.exporter),
+            "extra": dict(self.extra),
         }
+
+    def to_metadata(self) -> dict[str, str]:
+        """String key/value pairs for ``ModelProto.metadata_props``."""
+        values = self.to_dict()
+        del values["num_classes"], values["input_shape"]  # derived, not stored
         return {
             PREFIX + k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             for k, v in values.items()
