@@ -422,7 +422,8 @@ def test_load_dataset_dispatch(tmp_path: Path) -> None:
     assert len(load_dataset("folder", tmp_path / "folders")) == 1
     with pytest.raises(ValueError, match="valid: rafdb, fer2013, affectnet, folder"):
         load_dataset("ckplus", tmp_path)
-    with pytest.raises(ValueError, match="image_root"):
+    # Without image_root, the images are looked for next to the CSV file.
+    with pytest.raises(DatasetError, match=r"aff\.csv, line 2: missing image file: .*a\.jpg"):
         load_dataset("affectnet", aff)
     with pytest.raises(ValueError, match="on_error"):
         load_dataset("folder", tmp_path / "folders", on_error="ignore")
@@ -573,18 +574,18 @@ def test_whatever_read_image_raises_is_a_bad_image(
 ) -> None:
     """The check defers to read_image; an error outside DatasetError (an unreadable disk
     block, a permission) is a bad image too, named with its type."""
-    from capsnet_model import datasets
+    from capsnet_model.datasets import collect
 
     for i in range(3):
         write_image(tmp_path / "train" / "sad" / f"{i}.jpg")
-    real = datasets.read_image
+    real = collect.read_image
 
     def flaky(path: Path, **kwargs: Any) -> np.ndarray:
         if path.name == "1.jpg":
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, **kwargs)
 
-    monkeypatch.setattr(datasets, "read_image", flaky)
+    monkeypatch.setattr(collect, "read_image", flaky)
     ds = load_folder(tmp_path, "train", verify_images=True, on_error="skip")
     assert len(ds) == 2 and len(ds.skipped) == 1
     assert ds.skipped[0].reason.startswith("bad image: PermissionError: [Errno 13]")
@@ -595,18 +596,18 @@ def test_many_images_are_checked_in_order_with_a_progress_bar(
 ) -> None:
     """Over several thread-pool chunks the kept samples and the skips stay in file order, and
     a large set asks tqdm for a bar (tqdm itself hides it when stderr is not a terminal)."""
-    from capsnet_model import datasets
+    from capsnet_model.datasets import collect
 
     bars: list[dict[str, Any]] = []
-    real_tqdm = datasets.tqdm
+    real_tqdm = collect.tqdm
 
     def recording_tqdm(*args: Any, **kwargs: Any) -> Any:
         bars.append(kwargs)
         return real_tqdm(*args, **kwargs)
 
-    monkeypatch.setattr(datasets, "tqdm", recording_tqdm)
-    monkeypatch.setattr(datasets, "VERIFY_PROGRESS_MIN", 50)
-    count = 32 * datasets._VERIFY_THREADS * 2 + 5
+    monkeypatch.setattr(collect, "tqdm", recording_tqdm)
+    monkeypatch.setattr(collect, "VERIFY_PROGRESS_MIN", 50)
+    count = 32 * collect._VERIFY_THREADS * 2 + 5
     folder = tmp_path / "train" / "neutral"
     folder.mkdir(parents=True)
     image = folder / "0000.png"
@@ -721,3 +722,89 @@ def test_rafdb_non_utf8_line_is_a_bad_row(tmp_path: Path) -> None:
     )
     ds = load_rafdb(tmp_path, "train", on_error="skip")
     assert len(ds) == 1 and ds.skip_reasons == {"bad row": 1}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_every_source_is_registered_once_with_its_split_layout(tmp_path: Path) -> None:
+    from capsnet_model.datasets import get_dataset, list_datasets
+
+    assert list_datasets() == ["rafdb", "fer2013", "affectnet", "folder"]
+    roles = {name: get_dataset(name).splits(tmp_path) for name in list_datasets()}
+    assert roles == {
+        "rafdb": {"train": "train", "test": "test"},
+        "fer2013": {"train": "train", "val": "val", "test": "test"},
+        "affectnet": {"train": "train", "test": "test"},
+        "folder": {"train": "train", "test": "test"},  # no val/ folder: carved from train
+    }
+    (tmp_path / "val").mkdir()
+    assert get_dataset("folder").splits(tmp_path) == {
+        "train": "train",
+        "val": "val",
+        "test": "test",
+    }
+    assert get_dataset("fer2013").layout.val_name == "PublicTest"
+    assert get_dataset("RAF-DB") is get_dataset("rafdb")  # case, '-' and '_' ignored
+
+
+def test_unknown_and_duplicate_sources_are_errors() -> None:
+    from capsnet_model.datasets import (
+        DatasetSource,
+        UnknownDatasetError,
+        get_dataset,
+        register_dataset,
+    )
+
+    with pytest.raises(UnknownDatasetError, match="'ckplus'; valid: rafdb, fer2013"):
+        get_dataset("ckplus")
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset(DatasetSource(name="rafdb", load=load_rafdb))
+    with pytest.raises(ValueError, match="lower case"):
+        register_dataset(DatasetSource(name="My_Set", load=load_rafdb))
+
+
+def test_a_registered_source_loads_through_load_dataset(tmp_path: Path) -> None:
+    from capsnet_model.datasets import sources
+
+    seen: list[tuple[Path, str]] = []
+
+    def load(root: Path, split: str, **kwargs: Any) -> FERDataset:
+        seen.append((root, split))
+        return FERDataset([FERSample(np.zeros((4, 4), np.uint8), 1, where="mem")], split=split)
+
+    source = sources.DatasetSource(name="mine", load=load, default_split="all")
+    sources.register_dataset(source)
+    try:
+        assert len(load_dataset("mine", tmp_path)) == 1
+        assert load_dataset("MINE", tmp_path, "test").split == "test"
+        assert seen == [(tmp_path, "all"), (tmp_path, "test")]
+    finally:
+        del sources._SOURCES["mine"]
+
+
+def test_csv_sources_find_their_files_under_the_root(tmp_path: Path) -> None:
+    from capsnet_model.datasets import DatasetLayoutError, get_dataset
+
+    fer = get_dataset("fer2013")
+    with pytest.raises(DatasetLayoutError, match=r"fer2013\.csv not found under .*looked for"):
+        fer.locate(tmp_path, "train")
+    (tmp_path / "fer2013").mkdir()
+    nested = make_fer2013(tmp_path / "fer2013" / "fer2013.csv", [("3", fer_pixels(), "Training")])
+    assert fer.locate(tmp_path, "train") == nested
+    assert fer.locate(nested, "test") == nested  # the CSV itself
+    assert len(load_dataset("fer2013", tmp_path, "train")) == 1
+
+    aff = get_dataset("affectnet")
+    lists = tmp_path / "aff" / "Manually_Annotated_file_lists"
+    lists.mkdir(parents=True)
+    write_image(tmp_path / "aff" / "Manually_Annotated_Images" / "a.jpg")
+    make_affectnet(lists / "training.csv", [("a.jpg", "0,0,4,4", "1")])
+    make_affectnet(lists / "validation.csv", [("a.jpg", "0,0,4,4", "6")])
+    # the images default to Manually_Annotated_Images beside the lists
+    train = load_dataset("affectnet", tmp_path / "aff", "train")
+    test = load_dataset("affectnet", tmp_path / "aff", "test")
+    assert name_of(train.labels[0]) == "happiness" and name_of(test.labels[0]) == "anger"
+    assert aff.locate(tmp_path / "aff", "val") == lists / "validation.csv"
+    with pytest.raises(ValueError, match="unknown affectnet split None; valid: train, val, test"):
+        aff.locate(tmp_path / "aff", None)
