@@ -166,7 +166,7 @@ def test_malformed_requests_get_4xx(server: str) -> None:
     assert healthy(server)
 
 
-def test_health_and_metadata(server: str) -> None:
+def test_health_and_metadata(server: str, session) -> None:  # type: ignore[no-untyped-def]
     health = httpx.get(f"{server}/health", timeout=10).json()
     assert health == {
         "status": "ok",
@@ -182,6 +182,12 @@ def test_health_and_metadata(server: str) -> None:
     assert meta["precision"] == "fp32" and meta["model_name"] == "edge-tiny"
     assert meta["mean"] == [0.45] * 3 and meta["std"] == [0.25] * 3
     assert meta["score_kind"] == "logit" and meta["channel_order"] == "RGB"
+    # The contract's one JSON form (fer-export info --json answers it too), file and provider.
+    assert meta == {**session.contract.to_dict(), "file": "edge_tiny.onnx", "provider": "cpu"}
+    documented = {"labels", "num_classes", "input_size", "input_shape", "layout"}
+    documented |= {"channel_order", "pixel_scale", "mean", "std", "attention", "score_kind"}
+    documented |= {"face_margin", "precision", "model_name", "model_version", "exporter"}
+    assert documented <= set(meta)
 
 
 def test_metrics_count_requests(server: str) -> None:
@@ -716,3 +722,45 @@ def test_each_upload_is_decoded_once(
             assert r.json()["faces"] == expected
             assert decodes == [("bytes", 40_000_000), ("imdecode", None)]
             decodes.clear()
+
+
+def _form(*parts: tuple[bytes, bytes], boundary: bytes = b"bnd") -> bytes:
+    """A multipart body of ``(part headers, content)`` parts."""
+    body = b""
+    for head, content in parts:
+        body += b"--" + boundary + b"\r\n" + head + b"\r\n\r\n" + content + b"\r\n"
+    return body + b"--" + boundary + b"--\r\n"
+
+
+def _file_part(name: bytes, content: bytes, filename: bytes | None = b"x.png") -> tuple:
+    head = b'Content-Disposition: form-data; name="' + name + b'"'
+    if filename is not None:
+        head += b'; filename="' + filename + b'"'
+    return head, content
+
+
+def test_multipart_file_part_is_found_in_one_pass() -> None:
+    from fer_edge.server import ApiError, _multipart_file
+
+    ctype = "multipart/form-data; boundary=bnd"
+    body = _form(_file_part(b"note", b"hello", None), _file_part(b"file", b"\x00IMAGE\r\n--b"))
+    assert _multipart_file(body, ctype) == b"\x00IMAGE\r\n--b"
+    assert _multipart_file(body, 'multipart/form-data; boundary="bnd"') == b"\x00IMAGE\r\n--b"
+    # As in a form, the last part of a name counts.
+    twice = _form(_file_part(b"file", b"first"), _file_part(b"file", b"second"))
+    assert _multipart_file(twice, ctype) == b"second"
+    cases = [
+        (_form(_file_part(b"file", b"text", None)), ctype, 422, "is text"),
+        (_form(*(_file_part(b"f%d" % i, b"x") for i in range(50))), ctype, 422, "f0, f1"),
+        (_form((b"Content-Type: image/png", b"x")), ctype, 400, "no Content-Disposition"),
+        (_form(_file_part(b"file", b"x")), "multipart/form-data", 400, "no boundary"),
+        (b"--bnd\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nab",
+         ctype, 422, "no 'file' field"),
+    ]  # fmt: skip
+    for body, content_type, status, words in cases:
+        with pytest.raises(ApiError) as info:
+            _multipart_file(body, content_type)
+        assert info.value.status == status and words in info.value.detail, info.value.detail
+    with pytest.raises(ApiError) as info:
+        _multipart_file(_form(*(_file_part(b"f%03d" % i, b"x") for i in range(500))), ctype)
+    assert info.value.detail.count(",") < 20  # the field list in the message stays short

@@ -14,6 +14,7 @@ from fer_export.faces import (
     FaceDetector,
     ImageDecodeError,
     ImageTooLargeError,
+    ThreadLocalDetector,
     crop_with_margin,
     decode_image,
 )
@@ -295,3 +296,56 @@ def test_detector_finds_a_face_in_a_large_image_at_full_scale_coordinates(
     x, y, w, h = boxes[0]
     assert 1800 < x + w / 2 < 2400 and 900 < y + h / 2 < 1500
     assert 0.6 * 600 < w < 1.3 * 600
+
+
+# -- ThreadLocalDetector ----------------------------------------------------------------------
+
+
+def test_thread_local_detector_makes_one_detector_per_thread(
+    face_scene: tuple[np.ndarray, tuple[int, int, int, int]],
+) -> None:
+    import threading
+
+    scene, _ = face_scene
+    made: list[tuple[int, FaceDetector]] = []
+
+    def factory() -> FaceDetector:
+        made.append((threading.get_ident(), detector := FaceDetector()))
+        return detector
+
+    local = ThreadLocalDetector(factory)
+    assert made == []  # nothing is made before the first call
+    expected = FaceDetector()(scene)
+    assert local(scene) == expected and local(scene) == expected
+    assert len(made) == 1  # the same thread keeps its detector
+    results: list[object] = []
+    # One thread after the other: each still gets a detector of its own.
+    for _ in range(2):
+        worker = threading.Thread(target=lambda: results.append(local(scene)))
+        worker.start()
+        worker.join()
+    assert results == [expected, expected]
+    assert len(made) == 3 and len({id(d) for _, d in made}) == 3
+    assert "FaceDetector" in repr(ThreadLocalDetector())
+
+
+def test_thread_local_detector_is_safe_under_concurrent_calls(helpers: types.ModuleType) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = []
+    for i in range(6):
+        scene = np.full((300, 420, 3), (90, 100, 110), np.uint8)
+        scene[40 + 5 * i : 240 + 5 * i, 60 + 10 * i : 260 + 10 * i] = helpers.draw_face(200)
+        scenes.append(scene)
+    expected = [FaceDetector()(s) for s in scenes]
+    assert all(expected)
+    local = ThreadLocalDetector()
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(local, scenes * 4))
+    assert got == expected * 4
+
+
+def test_thread_local_detector_factory_errors_surface_on_first_call(tmp_path: Path) -> None:
+    local = ThreadLocalDetector(lambda: FaceDetector(cascade=tmp_path / "missing.xml"))
+    with pytest.raises(DetectorUnavailableError, match="missing.xml"):
+        local(np.zeros((40, 40, 3), np.uint8))

@@ -447,6 +447,117 @@ def test_predict_batch_equals_predict(model_path: Path) -> None:
     assert session.predict_batch([]) == []
 
 
+def test_default_detector_is_thread_safe_and_matches_face_detector(
+    model_path: Path, face_scene: tuple[np.ndarray, tuple[int, int, int, int]]
+) -> None:
+    """FERSession's own detector is a ThreadLocalDetector: a session shared by threads gives
+    each call the same answer as a single-threaded FaceDetector would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fer_export.faces import FaceDetector, ThreadLocalDetector
+
+    scene, _ = face_scene
+    session = FERSession(model_path)
+    assert isinstance(session.detector, ThreadLocalDetector)
+    reference = FERSession(model_path, detector=FaceDetector())
+    expected = reference.predict(scene)
+    assert len(expected) == 1
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: session.predict(scene), range(12)))
+    assert all(r == expected for r in results)
+
+
+def test_detector_per_call_overrides_the_sessions(model_path: Path) -> None:
+    rgb = np.random.default_rng(4).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    session = FERSession(model_path, detector=lambda image: [])
+    assert session.predict(rgb) == []
+    boxes = [(10, 10, 30, 30)]
+    by_call = session.predict(rgb, detector=lambda image: boxes)
+    assert by_call == session.predict(rgb, boxes)
+    assert session.predict_batch([rgb, rgb], detector=lambda image: boxes) == [by_call, by_call]
+    assert session.predict_decoded([rgb], detector=lambda image: boxes) == [by_call]
+
+
+def test_predict_decoded_takes_the_array_without_decoding_it(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fer_export.faces
+    import fer_export.session
+
+    session = FERSession(model_path)
+    rgb = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    expected = session.predict(rgb, "whole")
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decode_image called for an already decoded array")
+
+    for module in (fer_export.faces, fer_export.session):
+        monkeypatch.setattr(module, "decode_image", no_decode)
+    assert session.predict_decoded([rgb], "whole") == [expected]
+    assert session.predict_decoded([rgb, rgb], ["whole", [(0, 0, 40, 30)]])[0] == expected
+    assert session.predict_decoded([]) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (b"\x89PNG...", r"image 1 must be a decoded RGB uint8 \(H, W, 3\) array, got bytes"),
+        (np.zeros((8, 8), np.uint8), r"image 1 .* got uint8 \(8, 8\)"),
+        (np.zeros((8, 8, 4), np.uint8), r"image 1 .* got uint8 \(8, 8, 4\)"),
+        (np.zeros((8, 8, 3), np.float32), r"image 1 .* got float32"),
+        (np.zeros((0, 8, 3), np.uint8), r"image 1 .* got uint8 \(0, 8, 3\)"),
+    ],
+)
+def test_predict_decoded_refuses_what_is_not_decoded_rgb(
+    model_path: Path, image: object, match: str
+) -> None:
+    session = FERSession(model_path, warmup=False)
+    good = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=match) as info:
+        session.predict_decoded([good, image], "whole")  # type: ignore[list-item]
+    assert "decode_image" in str(info.value)
+
+
+def test_tensorrt_options_name_every_input(tmp_path: Path) -> None:
+    """TensorRT's profile covers both inputs of an attention model (no GPU needed: the options
+    are only built)."""
+    from fer_export.providers import PROVIDER_NAMES, ProviderSettings, provider_options
+
+    settings = ProviderSettings(
+        device_id=1,
+        trt_cache_dir=tmp_path / "cache",
+        trt_fp16=True,
+        trt_batch=(1, 8, 32),
+        input_shapes={"image": (3, 16, 16), "attention": (1, 16, 16)},
+    )
+    opts = provider_options(PROVIDER_NAMES["tensorrt"], settings)
+    assert opts["trt_profile_min_shapes"] == "image:1x3x16x16,attention:1x1x16x16"
+    assert opts["trt_profile_opt_shapes"] == "image:8x3x16x16,attention:8x1x16x16"
+    assert opts["trt_profile_max_shapes"] == "image:32x3x16x16,attention:32x1x16x16"
+    assert opts["device_id"] == 1 and opts["trt_fp16_enable"] is True
+    assert (tmp_path / "cache").is_dir()
+    static = ProviderSettings(1, tmp_path / "c2", False, (1, 8, 32), {"image": (3, 4, 4)}, 2)
+    assert provider_options(PROVIDER_NAMES["tensorrt"], static)["trt_profile_max_shapes"] == (
+        "image:2x3x4x4"
+    )
+    assert provider_options(PROVIDER_NAMES["cpu"], settings) == {}
+    assert provider_options(PROVIDER_NAMES["cuda"], settings)["device_id"] == 1
+
+
+def test_runtime_keeps_its_public_names() -> None:
+    import fer_export.runtime as rt
+    from fer_export import faces, predict, providers, session
+
+    assert rt.FERSession is session.FERSession
+    assert rt.Prediction is predict.Prediction
+    assert rt.ProviderUnavailableError is providers.ProviderUnavailableError
+    assert rt.PROVIDER_NAMES is providers.PROVIDER_NAMES and rt.gpu_status is providers.gpu_status
+    assert rt.ImageDecodeError is faces.ImageDecodeError
+    assert rt.ImageTooLargeError is faces.ImageTooLargeError
+    assert rt.ModelLoadError is fer_export.contract.ModelLoadError
+    assert all(hasattr(rt, name) for name in rt.__all__)
+
+
 # -- no torch -----------------------------------------------------------------------------------
 
 

@@ -247,23 +247,11 @@ def contract_summary(path: Path) -> dict[str, Any]:
     return {
         "file": str(path),
         "size_bytes": path.stat().st_size,
-        "labels": list(contract.labels),
-        "input_size": contract.input_size,
-        "channel_order": contract.channel_order,
-        "pixel_scale": contract.pixel_scale,
-        "mean": list(contract.mean),
-        "std": list(contract.std),
-        "attention": contract.attention,
-        "score_kind": contract.score_kind,
-        "precision": contract.precision,
-        "face_margin": contract.face_margin,
-        "model": contract.model_name,
-        "model_version": contract.model_version,
-        "exporter": contract.exporter,
+        **contract.to_dict(),  # the one JSON form of the contract (GET /metadata's too)
+        "model": contract.model_name,  # the name this command used before "model_name"
         "opset": {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import},
         "inputs": io(proto.graph.input),
         "outputs": io(proto.graph.output),
-        "extra": contract.extra,
     }
 
 
