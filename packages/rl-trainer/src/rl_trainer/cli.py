@@ -3,6 +3,7 @@
 rl-trainer train --config run.yaml optim.lr=1e-6 algorithm.rule=band
 accelerate launch --config_file configs/accelerate/ddp.yaml -m rl_trainer train -c run.yaml
 rl-trainer config -c run.yaml rollout.group_size=16      # print the resolved config
+rl-trainer train --help; rl-trainer --version
 """
 
 from __future__ import annotations
@@ -19,13 +20,47 @@ from rl_trainer.config import TrainerConfig, load_config
 
 USAGE = """usage: rl-trainer {train,evaluate,config} [--config FILE] [key=value ...]
        rl-trainer accelerate-configs
+       rl-trainer --version
 
   train      run RL training (use `accelerate launch -m rl_trainer train ...` for several processes)
   evaluate   greedy accuracy, mean@k and pass@k of model.path on data.eval_path
   config     print the resolved configuration (defaults <- FILE <- overrides) and exit
   accelerate-configs
              list the shipped accelerate configs (1 GPU, DDP, FSDP, DeepSpeed ZeRO-2/3, 2 CPUs)
+
+`rl-trainer COMMAND --help` describes one command.
 """
+
+_KEYS = """Keys (key=value, later wins over earlier and over the file): model.*, data.*, rollout.*,
+algorithm.*, optim.*, logging.*, checkpoint.*, eval.*; `rl-trainer config` prints them all with
+their defaults. An unknown key or a bad value is one line on stderr and exit code 2.
+"""
+
+COMMAND_USAGE = {
+    "train": f"""usage: rl-trainer train [--config FILE] [key=value ...]
+
+Run RL training on model.path and data.path (required). One process here; for several, run
+`accelerate launch [--config_file CFG] -m rl_trainer train ...`. Prints the final metrics as
+JSON; output (config.yaml, metrics.jsonl, checkpoints) goes to logging.output_dir.
+
+{_KEYS}""",
+    "evaluate": f"""usage: rl-trainer evaluate [--config FILE] [key=value ...]
+
+Greedy accuracy, mean@k and pass@k of model.path on data.eval_path (required), printed as JSON.
+
+{_KEYS}""",
+    "config": f"""usage: rl-trainer config [--config FILE] [key=value ...]
+
+Print the resolved configuration (defaults <- FILE <- overrides) as YAML and exit.
+
+{_KEYS}""",
+    "accelerate-configs": """usage: rl-trainer accelerate-configs
+
+List the shipped accelerate configs (name and path), for `accelerate launch --config_file`.
+""",
+}
+
+HELP_FLAGS = ("-h", "--help")
 
 
 def _load(argv: Sequence[str]) -> TrainerConfig:
@@ -36,10 +71,18 @@ def _load(argv: Sequence[str]) -> TrainerConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rl-trainer`` console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args or args[0] in HELP_FLAGS:
         print(USAGE)
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from rl_trainer import __version__
+
+        print(f"rl-trainer {__version__}")
+        return 0
     command, rest = args[0], args[1:]
+    if command in COMMAND_USAGE and any(arg in HELP_FLAGS for arg in rest):
+        print(COMMAND_USAGE[command], end="")
+        return 0
     if command == "accelerate-configs":
         from rl_trainer.configs import accelerate_configs
 
