@@ -13,23 +13,18 @@ environment, the model is wrapped in DistributedDataParallel, every rank trains 
 of each epoch's permutation, validation and test counts are summed over ranks, and only rank
 0 writes files.
 
-Output directory::
-
-    config.json            the TrainConfig used
-    metrics.jsonl          one JSON object per epoch (losses, accuracies, lr, images/s)
-    best.safetensors       the selected model (capsnet_model.checkpoint format)
-    checkpoints/last/      model + optimiser/scheduler/RNG state for resume
-    val_metrics.json       validation metrics of the selected model (+ confusion CSV/PNG)
-    test_metrics.json      test metrics of the selected model (+ confusion CSV/PNG)
-    result.json            summary (best epoch, stop reason, test metrics)
+:func:`train` is composed of small steps: :func:`_setup` (model, data split, optimiser),
+:func:`_restore_or_start` (resume state or a fresh directory), then per epoch
+:func:`_train_epoch`, :func:`_validate`, :func:`_select` (best model), :func:`_stop_reason`
+(early stopping) and :func:`_save_epoch`, and finally :func:`_finish` (evaluation of the
+selected model). The output directory and its files are owned by
+:class:`~capsnet_model.run_dir.RunDirectory` (layout in :mod:`capsnet_model.run_dir`); the
+resume state is a :class:`~capsnet_model.run_dir.TrainState`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -39,16 +34,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from capsnet_model._io import atomic_write_text
+from capsnet_model._distributed import Dist, pick_device, setup_distributed
 from capsnet_model.augment import AugmentConfig
 from capsnet_model.capsules import margin_loss
-from capsnet_model.checkpoint import ModelInfo, load_weights, save_model, unwrap
+from capsnet_model.checkpoint import ModelInfo, load_weights, unwrap
 from capsnet_model.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -63,6 +57,7 @@ from capsnet_model.data import (
 from capsnet_model.datasets import EXPRESSIONS
 from capsnet_model.evaluation import Evaluation, confusion_matrix
 from capsnet_model.registry import create_model
+from capsnet_model.run_dir import RunDirectory, TrainState
 
 Schedule = Literal["cosine", "step", "none"]
 LossName = Literal["auto", "margin", "cross_entropy"]
@@ -193,47 +188,6 @@ class TrainResult:
         return out
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def sum(self, values: list[float] | np.ndarray, device: torch.device) -> np.ndarray:
-        t = torch.as_tensor(np.asarray(values, dtype=np.float64), device=device)
-        if self.world > 1:
-            dist.all_reduce(t)
-        return t.cpu().numpy()
-
-
-def _setup_distributed() -> _Dist:
-    if not dist.is_available():
-        return _Dist()
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size())
-    return _Dist()
-
-
-def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 # --------------------------------------------------------------------------- model pieces
 
 
@@ -285,91 +239,432 @@ def _score_loss(cfg: TrainConfig, capsule: bool, scores: torch.Tensor, y: torch.
     return F.cross_entropy(scores, y)
 
 
-# --------------------------------------------------------------------------- state on disk
-
-
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _save_last(
-    out: Path,
-    model: nn.Module,
-    info: ModelInfo,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    state: dict[str, Any],
-) -> None:
-    ckpt = out / "checkpoints"
-    tmp, last, old = ckpt / "last.tmp", ckpt / "last", ckpt / "last.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tmp / "model.safetensors", info)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp / "training_state.pt",
-    )
-    _write_json(tmp / "state.json", state)
-    shutil.rmtree(old, ignore_errors=True)
-    if last.exists():
-        last.rename(old)
-    tmp.rename(last)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("epoch", 0) <= upto_epoch]
-
-
-_RESUME_KEYS = ("model", "model_kwargs", "image_size", "mean", "std", "seed", "batch_size")
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
-def _evaluate(
-    model: nn.Module,
-    data: Dataset[Any],
-    indices: list[int],
-    cfg: TrainConfig,
-    ddp: _Dist,
-    device: torch.device,
-    labels: tuple[str, ...],
-) -> Evaluation:
-    """Evaluate on ``indices`` of ``data``, sharded over ranks; counts summed over ranks."""
-    shard = indices[ddp.rank :: ddp.world]
-    capsule = is_capsule_model(model)
-    conf = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    loss_sum = 0.0
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(
-        Subset(data, shard), batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers
-    )
-    with torch.no_grad():
-        for image, attention, target in loader:
-            target = target.to(device)
-            scores = model(image.to(device), attention.to(device)).float()
-            loss_sum += float(_score_loss(cfg, capsule, scores, target)) * len(target)
-            conf += confusion_matrix(target.cpu(), scores.argmax(dim=1).cpu(), len(labels))
-    model.train(was_training)
-    total = ddp.sum([loss_sum, *conf.reshape(-1).tolist()], device)
-    conf = np.rint(total[1:]).astype(np.int64).reshape(conf.shape)
-    n = max(1, int(conf.sum()))
-    return Evaluation(conf, labels, loss=float(total[0]) / n)
-
-
 def _metric(ev: Evaluation, name: str) -> float:
+    """Returns the selection metric of ``ev`` (higher is better: the loss is negated)."""
     if name == "loss":
         return -float(ev.loss if ev.loss is not None else math.inf)
     return float(getattr(ev, name))
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class _Model:
+    """The model of a run with what its checkpoints and inputs need."""
+
+    model: nn.Module
+    info: ModelInfo
+    preprocess: Preprocess
+    attention: AttentionSource
+    capsule: bool
+    reconstruct: bool
+
+
+@dataclass
+class _Session:
+    """What the epochs of one :func:`train` call share, built once by :func:`_setup`."""
+
+    cfg: TrainConfig
+    ddp: Dist
+    device: torch.device
+    labels: tuple[str, ...]
+    built: _Model
+    #: The model's training forward, wrapped in DistributedDataParallel when distributed.
+    runner: nn.Module
+    landmarks: dict[str, Landmarks]
+    train_data: FaceTensors
+    train_idx: list[int]
+    #: None: no validation (``val_fraction=0`` and no ``val_set``), the last epoch is kept.
+    val_data: FaceTensors | None
+    val_idx: list[int]
+    #: Where the validation set comes from: ``"val_set"`` or ``"train"`` (carved).
+    val_from: str
+    #: Training samples per rank and epoch (the permutation is padded to equal shards).
+    per_rank: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def show(self) -> bool:
+        """Returns whether this process shows progress (rank 0 with ``progress``)."""
+        return self.cfg.progress and self.ddp.main
+
+    def log(self, message: str) -> None:
+        if self.show:
+            tqdm.write(message, file=sys.stderr)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.built.model
+
+    def tensors(self, base: Dataset[Any], split: str, augment: AugmentConfig | None) -> FaceTensors:
+        """Returns ``base`` as model inputs for ``split`` (with its landmarks, if given)."""
+        return _face_tensors(self.cfg, self.built, self.landmarks, base, split, augment)
+
+    def evaluate(self, data: Dataset[Any], indices: list[int]) -> Evaluation:
+        """Returns the evaluation on ``indices`` of ``data``, sharded over the ranks and
+        summed."""
+        cfg, ddp, device, labels = self.cfg, self.ddp, self.device, self.labels
+        shard = indices[ddp.rank :: ddp.world]
+        conf = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        loss_sum = 0.0
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(
+            Subset(data, shard), batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers
+        )
+        with torch.no_grad():
+            for image, attention, target in loader:
+                target = target.to(device)
+                scores = model(image.to(device), attention.to(device)).float()
+                loss = _score_loss(cfg, self.built.capsule, scores, target)
+                loss_sum += float(loss) * len(target)
+                conf += confusion_matrix(target.cpu(), scores.argmax(dim=1).cpu(), len(labels))
+        model.train(was_training)
+        total = ddp.sum([loss_sum, *conf.reshape(-1).tolist()], device)
+        conf = np.rint(total[1:]).astype(np.int64).reshape(conf.shape)
+        n = max(1, int(conf.sum()))
+        return Evaluation(conf, labels, loss=float(total[0]) / n)
+
+
+def _build_model(cfg: TrainConfig, labels: tuple[str, ...], device: torch.device) -> _Model:
+    """Returns the seeded model of ``cfg`` on ``device`` with its checkpoint info."""
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.image_size is not None:
+        kwargs["image_size"] = cfg.image_size
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=len(labels), **kwargs)
+    image_size = int(getattr(model, "image_size", cfg.image_size or 224))
+    kwargs["image_size"] = image_size
+    preprocess = Preprocess(image_size, cfg.mean, cfg.std)
+    uses_attention = bool(getattr(model, "use_attention", True))
+    attention: AttentionSource = cfg.attention if uses_attention else "none"
+    info = ModelInfo(cfg.model, kwargs, labels, preprocess, attention)
+    capsule = is_capsule_model(model)
+    reconstruct = bool(capsule and getattr(model, "decoder", None) is not None)
+    reconstruct = reconstruct and cfg.reconstruction_weight > 0
+    model.to(device)
+    return _Model(model, info, preprocess, attention, capsule, reconstruct)
+
+
+def _check_labels(train_labels: list[int], num_labels: int) -> None:
+    if not train_labels:
+        raise ValueError("the training set is empty")
+    bad = [v for v in train_labels if not 0 <= v < num_labels]
+    if bad:
+        raise ValueError(f"training label {bad[0]} outside 0..{num_labels - 1}")
+
+
+def _steps_per_epoch(cfg: TrainConfig, per_rank: int) -> int:
+    """Returns the optimiser steps per epoch (a last batch of one sample is dropped, since
+    batch norm cannot train on it)."""
+    steps = max(1, per_rank // cfg.batch_size + int(per_rank % cfg.batch_size > 1))
+    if cfg.max_batches_per_epoch is not None:
+        steps = min(steps, cfg.max_batches_per_epoch)
+    return steps
+
+
+def _face_tensors(
+    cfg: TrainConfig,
+    built: _Model,
+    landmarks: Mapping[str, Landmarks],
+    base: Dataset[Any],
+    split: str,
+    augment: AugmentConfig | None,
+) -> FaceTensors:
+    """Returns ``base`` as model inputs for ``split`` (with its landmarks, if given)."""
+    return FaceTensors(
+        base,
+        built.preprocess,
+        augment=augment,
+        attention=built.attention,
+        landmarks=landmarks.get(split),
+        joint_attention=cfg.joint_attention,
+        seed=cfg.seed,
+    )
+
+
+def _setup(
+    cfg: TrainConfig,
+    train_set: Dataset[Any],
+    val_set: Dataset[Any] | None,
+    labels: tuple[str, ...],
+    landmarks: Mapping[str, Landmarks] | None,
+    ddp: Dist,
+    device: torch.device,
+) -> _Session:
+    """Returns the session: model, training / validation split, optimiser and schedule."""
+    built = _build_model(cfg, labels, device)
+    marks = dict(landmarks or {})
+    train_labels = dataset_labels(train_set)
+    _check_labels(train_labels, len(labels))
+    train_data = _face_tensors(cfg, built, marks, train_set, "train", cfg.augment)
+    val_data: FaceTensors | None = None
+    val_idx: list[int] = []
+    val_from = "train"
+    if val_set is not None:
+        train_idx = list(range(len(train_labels)))
+        val_data = _face_tensors(cfg, built, marks, val_set, "val", None)
+        val_idx = list(range(len(dataset_labels(val_set))))
+        val_from = "val_set"
+    elif cfg.val_fraction > 0:
+        train_idx, val_idx = stratified_split(train_labels, cfg.val_fraction, cfg.seed)
+        val_data = _face_tensors(cfg, built, marks, train_set, "train", None)
+    else:
+        train_idx = list(range(len(train_labels)))
+    per_rank = math.ceil(len(train_idx) / ddp.world)
+    steps_per_epoch = _steps_per_epoch(cfg, per_rank)
+    optimizer = torch.optim.Adam(
+        built.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
+    runner: nn.Module = _TrainForward(built.model, built.reconstruct)
+    if ddp.world > 1:
+        runner = nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return _Session(
+        cfg=cfg,
+        ddp=ddp,
+        device=device,
+        labels=labels,
+        built=built,
+        runner=runner,
+        landmarks=marks,
+        train_data=train_data,
+        train_idx=train_idx,
+        val_data=val_data,
+        val_idx=val_idx,
+        val_from=val_from,
+        per_rank=per_rank,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+
+
+def _restore_or_start(
+    s: _Session, run_dir: RunDirectory, resuming: bool
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Returns the state and the metrics history to continue from: the saved ones (weights,
+    optimiser, scheduler and RNG restored) when ``resuming``, else a fresh start. Rank 0
+    (re)writes ``config.json``, ``metrics.jsonl`` and, on a fresh start, ``split.json``."""
+    now = s.cfg.to_dict()
+    state = TrainState(config=now)
+    history: list[dict[str, Any]] = []
+    if resuming:
+        state = run_dir.read_state()
+        run_dir.check_resume_config(state.config, now)
+        run_dir.restore(s.model, s.optimizer, s.scheduler)
+        state.config = now
+        history = run_dir.read_history(state.epoch)
+    if s.ddp.main:
+        split = None
+        if not resuming and s.val_data is not None:
+            split = {"val_from": s.val_from, "train": len(s.train_idx), "val": len(s.val_idx)}
+        run_dir.start(now, history, split)
+    s.ddp.barrier()
+    return state, history
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def _epoch_shard(s: _Session, epoch: int) -> list[int]:
+    """Returns this rank's training indices for ``epoch``: a seeded permutation (the same on
+    every rank and after a resume), padded to equal shards and capped at the epoch's steps."""
+    cfg, ddp = s.cfg, s.ddp
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = [s.train_idx[i] for i in torch.randperm(len(s.train_idx), generator=gen).tolist()]
+    order += order[: s.per_rank * ddp.world - len(order)]  # equal shards
+    return order[ddp.rank :: ddp.world][: s.steps_per_epoch * cfg.batch_size]
+
+
+def _batch_loss(
+    s: _Session, image: torch.Tensor, att: torch.Tensor, target: torch.Tensor, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (loss, scores) of one training batch; FloatingPointError on a non-finite
+    loss."""
+    cfg = s.cfg
+    scores, recon = s.runner(image, att, target)
+    loss = _score_loss(cfg, s.built.capsule, scores, target)
+    if recon is not None:
+        clean = s.built.preprocess.denormalise(image)
+        loss = loss + cfg.reconstruction_weight * (recon - clean).pow(2).sum(dim=(1, 2, 3)).mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite training loss {loss.item()} at epoch {epoch}; lower lr "
+            f"(now {s.scheduler.get_last_lr()[0]:.2e}) or set grad_clip"
+        )
+    return loss, scores
+
+
+def _train_epoch(s: _Session, epoch: int) -> dict[str, Any]:
+    """Returns the metrics record of training epoch ``epoch`` (counts summed over ranks)."""
+    cfg, device = s.cfg, s.device
+    s.train_data.set_epoch(epoch)
+    shard = _epoch_shard(s, epoch)
+    loader = DataLoader(
+        Subset(s.train_data, shard),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        drop_last=len(shard) % cfg.batch_size == 1,
+        num_workers=cfg.num_workers,
+    )
+    s.model.train()
+    sums = np.zeros(3)  # loss * n, correct, n
+    started = time.perf_counter()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        disable=None if s.show else True,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for image, att, target in bar:
+        image, att, target = image.to(device), att.to(device), target.to(device)
+        loss, scores = _batch_loss(s, image, att, target, epoch)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip)
+        s.optimizer.step()
+        s.scheduler.step()
+        n = len(target)
+        sums += (float(loss.detach()) * n, float((scores.argmax(1) == target).sum()), n)
+        bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}")
+    seconds = time.perf_counter() - started
+    total = s.ddp.sum(sums, device)
+    return {
+        "epoch": epoch,
+        "step": epoch * s.steps_per_epoch,
+        "lr": s.scheduler.get_last_lr()[0],
+        "train_loss": total[0] / max(1, total[2]),
+        "train_accuracy": total[1] / max(1, total[2]),
+        "train_images": int(total[2]),
+        "epoch_seconds": seconds,
+        "train_images_per_s": total[2] / max(seconds, 1e-9),
+    }
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _validate(s: _Session, record: dict[str, Any]) -> float | None:
+    """Returns the selection metric on the validation set (None without one) and adds the
+    validation loss and accuracies to ``record``."""
+    if s.val_data is None:
+        return None
+    ev = s.evaluate(s.val_data, s.val_idx)
+    record.update(
+        val_loss=ev.loss,
+        val_accuracy=ev.accuracy,
+        val_mean_class_accuracy=ev.mean_class_accuracy,
+    )
+    return _metric(ev, s.cfg.select_metric)
+
+
+def _select(state: TrainState, epoch: int, value: float | None) -> bool:
+    """Returns whether ``epoch`` is the new best (always, without a validation ``value``) and
+    updates the best epoch, best metric and epochs-without-improvement count of ``state``."""
+    improved = value is None or state.best_metric is None or value > state.best_metric
+    if improved:
+        state.best_epoch = epoch
+        state.bad_epochs = 0
+        if value is not None:
+            state.best_metric = value
+    else:
+        state.bad_epochs += 1
+    return improved
+
+
+def _stop_reason(cfg: TrainConfig, state: TrainState, validated: bool) -> str:
+    """Returns why training stops after ``state.epoch`` (early stopping needs validation), or
+    an empty string to go on."""
+    if cfg.patience and validated and state.bad_epochs >= cfg.patience:
+        return f"early stop: no improvement for {cfg.patience} epochs"
+    if state.epoch >= cfg.epochs:
+        return f"reached {cfg.epochs} epochs"
+    return ""
+
+
+def _save_epoch(
+    s: _Session,
+    run_dir: RunDirectory,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    improved: bool,
+) -> None:
+    """Rank 0 writes the best model (when ``improved``), the metrics and the last checkpoint;
+    every rank then waits for it."""
+    if s.ddp.main:
+        if improved:
+            run_dir.save_best(s.model, s.built.info)
+        # Metrics before the checkpoint: a kill in between resumes from the previous epoch,
+        # whose history simply drops the newer row.
+        run_dir.write_metrics(history)
+        run_dir.save_last(s.model, s.built.info, s.optimizer, s.scheduler, state)
+    s.ddp.barrier()
+
+
+def _epoch_line(record: dict[str, Any], improved: bool) -> str:
+    """Returns the one-line summary of an epoch's ``record``."""
+    val_text = ""
+    if "val_loss" in record:
+        val_text = (
+            f", val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} "
+            f"mean-class {record['val_mean_class_accuracy']:.4f}"
+        )
+    return (
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
+        f"{record['train_accuracy']:.4f}{val_text}, {record['train_images_per_s']:.0f} "
+        f"img/s{' *' if improved else ''}"
+    )
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+def _finish(
+    s: _Session,
+    run_dir: RunDirectory,
+    state: TrainState,
+    history: list[dict[str, Any]],
+    test_set: Dataset[Any] | None,
+) -> TrainResult:
+    """Returns the result with the selected model evaluated on the validation and test sets;
+    rank 0 writes their files and ``result.json``."""
+    load_weights(s.model, run_dir.best)
+    result = TrainResult(
+        output_dir=run_dir.root,
+        best_checkpoint=run_dir.best,
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        stop_reason=state.stop_reason,
+        history=history,
+        model=s.model.eval(),
+    )
+    if s.val_data is not None:
+        result.val = s.evaluate(s.val_data, s.val_idx)
+    if test_set is not None:
+        test_data = s.tensors(test_set, "test", None)
+        result.test = s.evaluate(test_data, list(range(len(test_data))))
+    if s.ddp.main:
+        for name, done in (("val", result.val), ("test", result.test)):
+            if done is not None:
+                run_dir.save_evaluation(done, name)
+        run_dir.write_result(result.to_dict())
+        s.log(f"{result.stop_reason}; best epoch {result.best_epoch}")
+        if result.test is not None:
+            s.log(f"test: {result.test.summary()}")
+    s.ddp.barrier()
+    return result
 
 
 # --------------------------------------------------------------------------- train
@@ -386,7 +681,8 @@ def train(
     landmarks: Mapping[str, Landmarks] | None = None,
     labels: tuple[str, ...] = EXPRESSIONS,
 ) -> TrainResult:
-    """Train ``config.model`` on ``train_set`` and evaluate the selected model on ``test_set``.
+    """Returns the result of training ``config.model`` on ``train_set``, with the selected
+    model evaluated on ``test_set``.
 
     Data sets yield ``(image, label)`` with ``image`` an (H, W, 3) uint8 RGB array: any loader
     of :mod:`capsnet_model.datasets` or :class:`~capsnet_model.synthetic.SyntheticFaces`.
@@ -398,271 +694,41 @@ def train(
     error.
     """
     cfg = config
-    out = Path(output_dir)
-    ddp = _setup_distributed()
-    device = _device(cfg.device)
+    run_dir = RunDirectory(output_dir)
+    ddp = setup_distributed()
+    device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    last_dir = out / "checkpoints" / "last"
-    resuming = resume and (last_dir / "state.json").is_file()
-    if not resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
+    if resume and ddp.main:
+        run_dir.recover()
+    ddp.barrier()
+    resuming = resume and run_dir.can_resume()
+    if not resume and run_dir.holds_run():
         raise FileExistsError(
-            f"{out} already holds a training run; pass resume=True to continue it or choose "
-            "another output directory"
+            f"{run_dir.root} already holds a training run; pass resume=True to continue it or "
+            "choose another output directory"
         )
     if len(labels) < 2:
         raise ValueError(f"need at least two labels, got {labels!r}")
 
-    # ---- model
-    kwargs = dict(cfg.model_kwargs)
-    if cfg.image_size is not None:
-        kwargs["image_size"] = cfg.image_size
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(labels), **kwargs)
-    image_size = int(getattr(model, "image_size", cfg.image_size or 224))
-    kwargs["image_size"] = image_size
-    preprocess = Preprocess(image_size, cfg.mean, cfg.std)
-    uses_attention = bool(getattr(model, "use_attention", True))
-    attention: AttentionSource = cfg.attention if uses_attention else "none"
-    info = ModelInfo(cfg.model, kwargs, labels, preprocess, attention)
-    capsule = is_capsule_model(model)
-    reconstruct = bool(capsule and getattr(model, "decoder", None) is not None)
-    reconstruct = reconstruct and cfg.reconstruction_weight > 0
-    model.to(device)
-
-    # ---- data
-    marks = dict(landmarks or {})
-
-    def tensors(base: Dataset[Any], split: str, augment: AugmentConfig | None) -> FaceTensors:
-        return FaceTensors(
-            base,
-            preprocess,
-            augment=augment,
-            attention=attention,
-            landmarks=marks.get(split),
-            joint_attention=cfg.joint_attention,
-            seed=cfg.seed,
+    s = _setup(cfg, train_set, val_set, labels, landmarks, ddp, device)
+    state, history = _restore_or_start(s, run_dir, resuming)
+    if state.epoch == 0 and not state.stop_reason:
+        s.log(
+            f"training {cfg.model} ({sum(p.numel() for p in s.model.parameters()):,} "
+            f"parameters, {s.built.preprocess.image_size} px) on {len(s.train_idx)} images, "
+            f"validating on {len(s.val_idx)}, device {device}, {ddp.world} process(es)"
         )
-
-    train_labels = dataset_labels(train_set)
-    if not train_labels:
-        raise ValueError("the training set is empty")
-    bad = [v for v in train_labels if not 0 <= v < len(labels)]
-    if bad:
-        raise ValueError(f"training label {bad[0]} outside 0..{len(labels) - 1}")
-    train_data = tensors(train_set, "train", cfg.augment)
-    if val_set is not None:
-        train_idx = list(range(len(train_labels)))
-        val_data: FaceTensors | None = tensors(val_set, "val", None)
-        val_idx = list(range(len(dataset_labels(val_set))))
-    elif cfg.val_fraction > 0:
-        train_idx, val_idx = stratified_split(train_labels, cfg.val_fraction, cfg.seed)
-        val_data = tensors(train_set, "train", None)
-    else:
-        train_idx, val_idx, val_data = list(range(len(train_labels))), [], None
-    per_rank = math.ceil(len(train_idx) / ddp.world)
-    steps_per_epoch = max(1, per_rank // cfg.batch_size + int(per_rank % cfg.batch_size > 1))
-    if cfg.max_batches_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_batches_per_epoch)
-
-    # ---- optimisation
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
-    runner: nn.Module = _TrainForward(model, reconstruct)
-    if ddp.world > 1:
-        runner = nn.parallel.DistributedDataParallel(
-            runner, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    # ---- resume
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "best_epoch": 0,
-        "best_metric": None,
-        "bad_epochs": 0,
-        "stop_reason": "",
-        "config": cfg.to_dict(),
-    }
-    if resuming:
-        state = json.loads((last_dir / "state.json").read_text())
-        saved = state.get("config", {})
-        now = cfg.to_dict()
-        changed = [k for k in _RESUME_KEYS if json.dumps(saved.get(k)) != json.dumps(now.get(k))]
-        if changed:
-            raise ValueError(
-                f"cannot resume {out}: {', '.join(changed)} differ from the saved run "
-                f"(saved {[saved.get(k) for k in changed]}, now {[now.get(k) for k in changed]})"
-            )
-        load_weights(model, last_dir / "model.safetensors")
-        extra = torch.load(last_dir / "training_state.pt", weights_only=True, map_location="cpu")
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["torch_rng"])
-        state["config"] = now
-    history = _read_metrics(out / "metrics.jsonl", state["epoch"]) if resuming else []
-    if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", cfg.to_dict())
-        lines = "".join(json.dumps(r) + "\n" for r in history)
-        atomic_write_text(out / "metrics.jsonl", lines)
-        if not resuming and val_data is not None:
-            _write_json(
-                out / "split.json",
-                {
-                    "val_from": "val_set" if val_set is not None else "train",
-                    "train": len(train_idx),
-                    "val": len(val_idx),
-                },
-            )
-    ddp.barrier()
-
-    show = cfg.progress and ddp.main
-
-    def log(message: str) -> None:
-        if show:
-            tqdm.write(message, file=sys.stderr)
-
-    # ---- epochs
-    epoch = int(state["epoch"])
-    if epoch == 0 and not state["stop_reason"] and ddp.main:
-        log(
-            f"training {cfg.model} ({sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"{image_size} px) on {len(train_idx)} images, validating on {len(val_idx)}, "
-            f"device {device}, {ddp.world} process(es)"
-        )
-    while not state["stop_reason"] and epoch < cfg.epochs:
-        epoch += 1
-        train_data.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=gen).tolist()]
-        order += order[: per_rank * ddp.world - len(order)]  # equal shards
-        shard = order[ddp.rank :: ddp.world][: steps_per_epoch * cfg.batch_size]
-        loader = DataLoader(
-            Subset(train_data, shard),
-            batch_size=cfg.batch_size,
-            shuffle=False,
-            drop_last=len(shard) % cfg.batch_size == 1,
-            num_workers=cfg.num_workers,
-        )
-        model.train()
-        sums = np.zeros(3)  # loss * n, correct, n
-        started = time.perf_counter()
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=None if show else True,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for image, att, target in bar:
-            image, att, target = image.to(device), att.to(device), target.to(device)
-            scores, recon = runner(image, att, target)
-            loss = _score_loss(cfg, capsule, scores, target)
-            if recon is not None:
-                clean = preprocess.denormalise(image)
-                loss = (
-                    loss
-                    + cfg.reconstruction_weight * (recon - clean).pow(2).sum(dim=(1, 2, 3)).mean()
-                )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite training loss {loss.item()} at epoch {epoch}; lower lr "
-                    f"(now {scheduler.get_last_lr()[0]:.2e}) or set grad_clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            n = len(target)
-            sums += (float(loss.detach()) * n, float((scores.argmax(1) == target).sum()), n)
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.3f}")
-        seconds = time.perf_counter() - started
-        total = ddp.sum(sums, device)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
-            "lr": scheduler.get_last_lr()[0],
-            "train_loss": total[0] / max(1, total[2]),
-            "train_accuracy": total[1] / max(1, total[2]),
-            "train_images": int(total[2]),
-            "epoch_seconds": seconds,
-            "train_images_per_s": total[2] / max(seconds, 1e-9),
-        }
-        improved = True
-        if val_data is not None:
-            ev = _evaluate(model, val_data, val_idx, cfg, ddp, device, labels)
-            record.update(
-                val_loss=ev.loss,
-                val_accuracy=ev.accuracy,
-                val_mean_class_accuracy=ev.mean_class_accuracy,
-            )
-            value = _metric(ev, cfg.select_metric)
-            improved = state["best_metric"] is None or value > state["best_metric"]
-        if improved:
-            state["best_epoch"] = epoch
-            state["bad_epochs"] = 0
-            if val_data is not None:
-                state["best_metric"] = value
-        else:
-            state["bad_epochs"] += 1
+    while not state.stop_reason and state.epoch < cfg.epochs:
+        epoch = state.epoch + 1
+        record = _train_epoch(s, epoch)
+        improved = _select(state, epoch, _validate(s, record))
         record["best"] = improved
-        state["epoch"] = epoch
-        if cfg.patience and val_data is not None and state["bad_epochs"] >= cfg.patience:
-            state["stop_reason"] = f"early stop: no improvement for {cfg.patience} epochs"
-        elif epoch >= cfg.epochs:
-            state["stop_reason"] = f"reached {cfg.epochs} epochs"
+        state.epoch = epoch
+        state.stop_reason = _stop_reason(cfg, state, s.val_data is not None)
         history.append(record)
-        if ddp.main:
-            if improved:
-                save_model(model, out / "best.safetensors", info)
-            _save_last(out, model, info, optimizer, scheduler, state)
-            with (out / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        ddp.barrier()
-        val_text = ""
-        if val_data is not None:
-            val_text = (
-                f", val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} "
-                f"mean-class {record['val_mean_class_accuracy']:.4f}"
-            )
-        log(
-            f"epoch {epoch}: train loss {record['train_loss']:.4f} acc "
-            f"{record['train_accuracy']:.4f}{val_text}, {record['train_images_per_s']:.0f} "
-            f"img/s{' *' if improved else ''}"
-        )
-    if not state["stop_reason"]:
-        state["stop_reason"] = f"reached {cfg.epochs} epochs"
-
-    # ---- final evaluation of the selected model
-    best = out / "best.safetensors"
-    load_weights(model, best)
-    result = TrainResult(
-        output_dir=out,
-        best_checkpoint=best,
-        best_epoch=int(state["best_epoch"]),
-        epochs_run=int(state["epoch"]),
-        stop_reason=str(state["stop_reason"]),
-        history=history,
-        model=model.eval(),
-    )
-    if val_data is not None:
-        result.val = _evaluate(model, val_data, val_idx, cfg, ddp, device, labels)
-    if test_set is not None:
-        test_data = tensors(test_set, "test", None)
-        result.test = _evaluate(
-            model, test_data, list(range(len(test_data))), cfg, ddp, device, labels
-        )
-    if ddp.main:
-        for name, done in (("val", result.val), ("test", result.test)):
-            if done is not None:
-                done.save(out, name)
-        _write_json(out / "result.json", result.to_dict())
-        log(f"{result.stop_reason}; best epoch {result.best_epoch}")
-        if result.test is not None:
-            log(f"test: {result.test.summary()}")
-    ddp.barrier()
-    return result
+        _save_epoch(s, run_dir, state, history, improved)
+        s.log(_epoch_line(record, improved))
+    if not state.stop_reason:
+        state.stop_reason = f"reached {cfg.epochs} epochs"
+    return _finish(s, run_dir, state, history, test_set)
