@@ -60,9 +60,10 @@ def atomic_write_bytes(
 
     Creates the folder if missing, writes a temporary file in that folder, flushes and
     fsyncs it, gives it the mode a plain ``open()`` gives a new file (:func:`new_file_mode`;
-    the temporary file starts as 0o600, and a file being replaced does not keep its mode), calls ``check(temporary_path)`` when given (it raises to
-    refuse the file, e.g. a verification), renames it over ``path`` with ``os.replace`` and
-    fsyncs the folder. On any error the temporary file is removed and ``path`` is untouched.
+    the temporary file starts as 0o600, and a replaced file does not keep its mode), calls
+    ``check(temporary_path)`` when given (it raises to refuse the file, e.g. a failed
+    verification), renames it over ``path`` with ``os.replace`` and fsyncs the folder. On any
+    error the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

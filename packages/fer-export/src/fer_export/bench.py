@@ -28,8 +28,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, shape_inference
+
+try:
+    import onnxruntime as ort
+except ImportError as _exc:  # left out on linux aarch64: say what to install
+    from fer_export._ort import onnxruntime_missing
+
+    raise onnxruntime_missing(_exc) from _exc
 
 __all__ = ["Compute", "Timing", "benchmark", "count_macs", "fp32_peak", "time_call"]
 

@@ -18,8 +18,6 @@ Needs the ``export`` extra (torch, onnxscript, capsnet-model).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field

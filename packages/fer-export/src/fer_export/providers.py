@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import onnxruntime as ort
+try:
+    import onnxruntime as ort
+except ImportError as _exc:  # left out on linux aarch64: say what to install
+    from fer_export._ort import onnxruntime_missing
+
+    raise onnxruntime_missing(_exc) from _exc
 
 from fer_export.contract import ModelLoadError
 

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as _exc:  # left out on linux aarch64: say what to install
+    from fer_export._ort import onnxruntime_missing
+
+    raise onnxruntime_missing(_exc) from _exc
 
 from fer_export.contract import (
     ATTENTION_INPUT,
