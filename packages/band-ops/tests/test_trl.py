@@ -167,7 +167,7 @@ def _loss_and_grads(trainer, inputs, accumulation=2):
 # Each config exercises one aggregation and a different set of TRL's options around the clip.
 EQUIVALENCE_CONFIGS = {
     "grpo+kl": dict(loss_type="grpo", beta=0.1),
-    "bnpo": dict(loss_type="bnpo", epsilon=0.1),
+    "bnpo+tool_mask+vllm_weights": dict(loss_type="bnpo", epsilon=0.1, vllm_weights=True),
     "dr_grpo+kl+dual_clip": dict(loss_type="dr_grpo", beta=0.05, delta=2.0),
     "dapo+masks+entropy": dict(
         loss_type="dapo",
@@ -182,11 +182,24 @@ EQUIVALENCE_CONFIGS = {
 
 @pytest.mark.parametrize("overrides", EQUIVALENCE_CONFIGS.values(), ids=EQUIVALENCE_CONFIGS)
 def test_ppo_rule_matches_trl_loss_gradients_and_metrics(tmp_path, model_dir, overrides):
+    overrides = dict(overrides)
+    vllm_weights = overrides.pop("vllm_weights", False)
     config = _config(tmp_path, **overrides)
     theirs = _trainer(GRPOTrainer, model_dir, config)
     ours = _trainer(BandGRPOTrainer, model_dir, config, rule="ppo")
     assert ours.rule == band_ops.PPO(eps=config.epsilon)
     inputs = _batch(theirs)
+    if vllm_weights:
+        # What a vLLM run adds: truncated importance weights (0 where masked) and a tool mask.
+        # vLLM itself is not needed: the loss only reads these two flags and the weights.
+        for trainer in (theirs, ours):
+            trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
+        g = torch.Generator().manual_seed(1)
+        weights = 0.5 + torch.rand(4, 5, generator=g)
+        weights[0, 1] = 0.0
+        inputs["importance_sampling_ratio"] = weights
+        inputs["tool_mask"] = torch.ones(4, 5, dtype=torch.long)
+        inputs["tool_mask"][2, 2:4] = 0
 
     want_loss, want_grads, want_metrics = _loss_and_grads(theirs, inputs)
     got_loss, got_grads, got_metrics = _loss_and_grads(ours, inputs)

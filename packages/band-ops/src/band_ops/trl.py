@@ -250,7 +250,10 @@ class BandGRPOTrainer(GRPOTrainer):
         )
         # TRL turns off Trainer's scaling for gradient accumulation: each loss term divides itself.
         accumulation = float(self.current_gradient_accumulation_steps) if training else 1.0
-        lower, upper = self.rule.bounds(old_logps)
+        # Padding positions hold whatever the forward gave them, and a float rounding can leave a
+        # log-prob a hair above 0: neither may reach the rule (Band rejects log-probs > 0).
+        safe_old = torch.where(mask.bool(), old_logps.clamp(max=0.0), 0.0)
+        lower, upper = self.rule.bounds(safe_old)
         loss, band_metrics = policy_loss(
             logps,
             old_logps,
