@@ -8,7 +8,7 @@ Sessions (``uv run nox -l`` lists them):
 - ``tests-<py>(package='NAME')``: the member installed from ``uv.lock`` with its ``test``
   dependency group (``uv sync --frozen --package NAME --group test``), then pytest on its
   ``tests/``. Python 3.11, 3.12 and 3.13.
-- ``workspace``: the root ``tests/`` (dependency rules of DESIGN.md, repo consistency).
+- ``workspace``: the root ``tests/`` (dependency rules of ARCHITECTURE.md, repo consistency).
 - ``lint``: ``ruff check`` and ``ruff format --check`` over the whole repository.
 - ``typecheck(package='NAME')``: mypy on the member's ``src/`` with the member installed.
 - ``bench(package='NAME')``: every ``benchmarks/bench_*.py`` of the member (skipped when

@@ -1,4 +1,4 @@
-"""Checker for the dependency rules of DESIGN.md (stdlib only).
+"""Checker for the dependency rules of ARCHITECTURE.md (stdlib only).
 
 The rules themselves, and what counts as a violation, are documented in
 ``test_dependency_rules.py``; this module only implements them.
@@ -50,7 +50,7 @@ IMPORT_TO_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Rule:
-    """What one package may depend on and import (one row of DESIGN.md's table).
+    """What one package may depend on and import (one row of ARCHITECTURE.md's table).
 
     runtime: distributions allowed in ``[project].dependencies`` and importable anywhere.
     extras: extra name -> distributions that only that extra may add.
@@ -67,7 +67,8 @@ class Rule:
         return self.runtime.union(*self.extras.values())
 
 
-# DESIGN.md, "Dependency rules". Apps have no row: they may import anything they declare.
+# ARCHITECTURE.md, "Dependency rules" (tests/test_architecture.py compares the two). Apps have
+# no row: they may import anything they declare.
 RULES: dict[str, Rule] = {
     "band-ops": Rule(
         runtime=frozenset({"torch"}),
@@ -96,7 +97,7 @@ RULES: dict[str, Rule] = {
     ),
     # Decoding with a pixel limit, shared by the training loaders and the edge runtime.
     "fer-images": Rule(runtime=frozenset({"numpy", *OPENCV})),
-    # safetensors: checkpoints (DESIGN conventions); tqdm: the training progress bar.
+    # safetensors: checkpoints (ARCHITECTURE.md conventions); tqdm: the training progress bar.
     "capsnet-model": Rule(
         runtime=frozenset(
             {"torch", "numpy", "albumentations", *OPENCV, "safetensors", "tqdm", "fer-images"}
@@ -350,7 +351,7 @@ class Checker:
                 Violation(
                     member.name,
                     "no-rule",
-                    "package has no row in DESIGN.md's dependency table "
+                    "package has no row in ARCHITECTURE.md's dependency table "
                     "(add one there and to RULES in tests/dependency_rules.py)",
                 )
             )

@@ -1,7 +1,8 @@
-"""DESIGN.md's dependency rules, enforced for every workspace member.
+"""ARCHITECTURE.md's dependency rules, enforced for every workspace member.
 
 Members are discovered from ``packages/*/pyproject.toml`` and ``apps/*/pyproject.toml``.
-The table lives in ``RULES`` (tests/dependency_rules.py) and must match DESIGN.md:
+The table lives in ``RULES`` (tests/dependency_rules.py) and must match ARCHITECTURE.md
+(``tests/test_architecture.py`` compares them):
 
 =====================  =====================================================================
 band-ops               torch
@@ -23,7 +24,7 @@ What is checked, per member:
 1. Declared dependencies (packages). Every distribution in ``[project].dependencies`` is in
    the member's runtime row; every distribution in an optional-dependencies extra is in the
    runtime row or in that extra's own row (only fer-export[export] has one). A package
-   without a row fails: a new package needs a row in DESIGN.md and in ``RULES``.
+   without a row fails: a new package needs a row in ARCHITECTURE.md and in ``RULES``.
 2. Imports. Every ``import x`` / ``from x import y`` in ``src/<import_name>/**/*.py``, at
    module level or nested (functions, classes, if/try blocks), is parsed with ``ast``.
    Relative imports, the standard library (``sys.stdlib_module_names``) and the member's own

@@ -258,7 +258,7 @@ ALL = sorted(MEMBER_NAMES)
         (["noxfile.py"], ALL),
         (["tests/test_packaging.py"], ALL),
         ([".github/workflows/ci.yml"], ALL),
-        (["README.md", "DESIGN.md", "packages/README.md"], []),
+        (["README.md", "ARCHITECTURE.md", "packages/README.md"], []),
         ([], []),
         (["packages/band-ops-extra/x.py"], []),  # a prefix of a member's directory is not it
     ],
