@@ -6,6 +6,7 @@ bandpo-train --preset bandpo-kl model.path=/models/Qwen2.5-1.5B data.path=dapo.p
 accelerate launch --multi_gpu --num_processes 2 -m bandpo_train output_dir=runs/ddp
 bandpo-train study --seeds 5                   # ppo vs clip_higher vs band on toy tasks
 bandpo-train presets                           # list presets and accelerate configs
+bandpo-train report runs/bandpo-train          # the README's figures of a finished run
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ USAGE = """usage: bandpo-train [--config FILE] [--preset NAME] [key=value ...]
        bandpo-train study [--seeds N] [--steps N] [--out DIR] [--tasks rare,control,addition]
                           [--arms ppo,clip_higher,band_kl,band_tv] [--threads N] [--quick]
        bandpo-train presets
+       bandpo-train report DIR [--json]
 
 With no arguments: the embedded default (tiny model, 2-digit addition, supervised warm start,
 then BandPO) in runs/bandpo-train. Keys are rl-trainer's (model.*, data.*, rollout.*,
@@ -71,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, path in accelerate_configs().items():
             print(f"  {name:18s} {path}")
         return 0
+    if args and args[0] == "report":
+        from bandpo_train.summary import main as report_main
+
+        return report_main(args[1:])
     if args and args[0] == "study":
         from bandpo_train.study import main as study_main
 
