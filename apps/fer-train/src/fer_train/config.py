@@ -28,7 +28,6 @@ class ConfigError(ValueError):
     """A bad key or value in the configuration (reported in one line, exit status 2)."""
 
 
-DATA_KINDS = ("synthetic", "rafdb", "fer2013", "affectnet", "folder")
 ON_ERROR = ("raise", "skip")
 EXPORT_ATTENTION = ("auto", "baked", "input")
 
@@ -59,8 +58,9 @@ _NULLABLE_MAPPINGS = ("train.augment",)
 class DataConfig:
     """Which faces to train and test on."""
 
-    #: ``synthetic`` (embedded, nothing to download), ``rafdb``, ``fer2013``, ``affectnet`` or
-    #: ``folder`` (``root/<split>/<class>/*.jpg``).
+    #: A registered data source (``fer_train.data.data_kinds()``): ``synthetic`` (embedded,
+    #: nothing to download), ``rafdb``, ``fer2013``, ``affectnet`` or ``folder``
+    #: (``root/<split>/<class>/*.jpg``).
     kind: str = "synthetic"
     #: RAF-DB folder, FER2013 folder (or ``fer2013.csv``), AffectNet folder holding
     #: ``training.csv`` / ``validation.csv``, or the class-per-folder root.
@@ -338,9 +338,11 @@ def load_app_config(
 
 def validate(cfg: AppConfig) -> None:
     """Raises ConfigError naming the key of the first bad value."""
+    from fer_train.data import data_kinds  # the data source registry (that module imports this)
+
     d, e = cfg.data, cfg.export
     choices: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-        ("data.kind", d.kind, DATA_KINDS),
+        ("data.kind", d.kind, data_kinds()),
         ("data.on_error", d.on_error, ON_ERROR),
         ("export.attention", e.attention, EXPORT_ATTENTION),
     )

@@ -1,12 +1,18 @@
-"""The train / validation / test sets of a run, from ``data.*``.
+"""The train / validation / test sets of a run, from ``data.*`` and the data source registry.
 
-- ``synthetic``: ``SyntheticFaces(synthetic_train, seed)`` to train (validation carved from it
-  by ``train.val_fraction``) and ``SyntheticFaces(synthetic_test, test seed)`` to test.
-- ``rafdb``: the ``train`` split (validation carved from it) and the ``test`` split.
+``data.kind`` names a source registered in ``capsnet_model.datasets`` (``rafdb``, ``fer2013``,
+``affectnet``, ``folder``) or here (``synthetic``); the source's split layout says which split
+trains, which tests and whether validation is a split of its own (FER2013's PublicTest, a
+``val`` folder when there is one) or carved from the training split by ``train.val_fraction``.
+Nothing here depends on which data set it is.
+
+- ``synthetic``: ``SyntheticFaces(synthetic_train, seed)`` to train and
+  ``SyntheticFaces(synthetic_test, test seed)`` to test.
+- ``rafdb``: the ``train`` split and the ``test`` split.
 - ``fer2013``: Training, PublicTest as the validation set, PrivateTest as the test set.
-- ``affectnet``: ``training.csv`` (validation carved from it) and ``validation.csv`` as the
-  test set (AffectNet's own test set is not public).
-- ``folder``: ``root/train``, ``root/val`` when it exists (else carved), ``root/test``.
+- ``affectnet``: ``training.csv`` and ``validation.csv`` as the test set (AffectNet's own test
+  set is not public).
+- ``folder``: ``root/train``, ``root/val`` when it exists, ``root/test``.
 
 Image files are decoded once at load time (``data.verify_images``) so that a bad one is
 raised (``data.on_error=raise``) or left out (``skip``) before training, never mid-epoch;
@@ -22,21 +28,18 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from capsnet_model.datasets import (
-    load_affectnet,
-    load_fer2013,
-    load_folder,
-    load_rafdb,
+    DatasetLayoutError,
+    DatasetSource,
+    SplitLayout,
+    get_dataset,
+    list_datasets,
+    register_dataset,
 )
 from capsnet_model.synthetic import SyntheticFaces
 from fer_train.config import DataConfig
 
-#: What ``data.root`` should name, per kind (for the error message).
-ROOT_HINT = {
-    "rafdb": "/path/to/RAF-DB",
-    "fer2013": "/path/to/FER2013",
-    "affectnet": "/path/to/AffectNet",
-    "folder": "/path/to/faces",
-}
+#: How the report names a validation set carved from the training split.
+CARVED = "carved from train"
 
 
 class DataRootError(FileNotFoundError):
@@ -68,7 +71,7 @@ class Splits:
     test: Dataset[Any]
     val: Dataset[Any] | None = None
     #: Where the validation set comes from (for the report).
-    val_source: str = "carved from train"
+    val_source: str = CARVED
     #: Rows and images left out under ``data.on_error=skip``, in the order they were met.
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -88,28 +91,72 @@ def gather_skipped(sets: dict[str, Dataset[Any] | None]) -> list[Skipped]:
     return [Skipped("+".join(s), where, reason) for (where, reason), s in seen.items()]
 
 
-def _size(data: Dataset[Any]) -> int:
-    return len(data)  # type: ignore[arg-type]
+def _load_synthetic(
+    root: Path | None,
+    split: str,
+    *,
+    synthetic_train: int,
+    synthetic_test: int,
+    synthetic_seed: int,
+    synthetic_test_seed: int,
+    synthetic_size: int,
+    **_checks: Any,
+) -> SyntheticFaces:
+    """Returns the embedded default's faces for ``split`` (``train`` or ``test``); the image
+    checks of the other sources have nothing to check here."""
+    if split == "train":
+        return SyntheticFaces(synthetic_train, seed=synthetic_seed, size=synthetic_size)
+    return SyntheticFaces(synthetic_test, seed=synthetic_test_seed, size=synthetic_size)
 
 
-def _root(cfg: DataConfig) -> Path:
-    hint = ROOT_HINT.get(cfg.kind, "/path/to/data")
+register_dataset(
+    DatasetSource(
+        name="synthetic",
+        load=_load_synthetic,
+        layout=SplitLayout(train="train", test="test"),
+        title="synthetic faces ({synthetic_size} px)",
+        options=(
+            "synthetic_train",
+            "synthetic_test",
+            "synthetic_seed",
+            "synthetic_test_seed",
+            "synthetic_size",
+        ),
+    )
+)
+
+
+def data_kinds() -> tuple[str, ...]:
+    """Returns the valid ``data.kind`` values: every registered data source."""
+    return tuple(list_datasets())
+
+
+def _root(cfg: DataConfig, source: DatasetSource) -> Path:
+    """Returns ``data.root`` checked against what ``source`` needs (DataRootError if not)."""
+    hint = source.root_example
     if not cfg.root:
         raise DataRootError(f"data.root is not set: set data.root={hint}")
     root = Path(cfg.root).expanduser()
     if not root.exists():
         raise DataRootError(f"data.root {cfg.root} does not exist: set data.root={hint}")
+    if source.root_is_dir and not root.is_dir():
+        raise DataRootError(f"data.root {root} is not a directory: set data.root={hint}")
     return root
 
 
-def _find(root: Path, names: tuple[str, ...], what: str) -> Path:
-    """The first of ``root/<name>`` (or ``root`` itself when it is that file) that exists."""
-    if root.is_file():
-        return root
-    for name in names:
-        if (root / name).is_file():
-            return root / name
-    raise DataRootError(f"{what} not found under data.root {root} (looked for {', '.join(names)})")
+def _options(cfg: DataConfig, source: DatasetSource) -> dict[str, Any]:
+    """Returns the ``data.*`` values of the source's options; a folder option that is set
+    must exist (DataRootError)."""
+    options: dict[str, Any] = {name: getattr(cfg, name) for name in source.options}
+    for name, example in source.path_options.items():
+        value = getattr(cfg, name)
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise DataRootError(f"data.{name} {value} does not exist: set data.{name}={example}")
+        options[name] = path
+    return options
 
 
 def load_splits(cfg: DataConfig, *, progress: bool = False) -> Splits:
@@ -121,64 +168,28 @@ def load_splits(cfg: DataConfig, *, progress: bool = False) -> Splits:
 
 
 def _load(cfg: DataConfig, progress: bool) -> Splits:
-    if cfg.kind == "synthetic":
-        return Splits(
-            name=f"synthetic faces ({cfg.synthetic_size} px)",
-            train=SyntheticFaces(
-                cfg.synthetic_train, seed=cfg.synthetic_seed, size=cfg.synthetic_size
-            ),
-            test=SyntheticFaces(
-                cfg.synthetic_test, seed=cfg.synthetic_test_seed, size=cfg.synthetic_size
-            ),
-        )
-    root = _root(cfg)
-    on_error: Any = cfg.on_error
-    check: dict[str, Any] = {"verify_images": cfg.verify_images, "progress": progress}
-    if cfg.kind == "rafdb":
-        if not root.is_dir():
-            raise DataRootError(
-                f"data.root {root} is not a directory: set data.root=/path/to/RAF-DB"
-            )
-        return Splits(
-            name="RAF-DB (basic)",
-            train=load_rafdb(root, "train", on_error=on_error, **check),
-            test=load_rafdb(root, "test", on_error=on_error, **check),
-        )
-    if cfg.kind == "fer2013":
-        csv_path = _find(root, ("fer2013.csv", "fer2013/fer2013.csv"), "fer2013.csv")
-        return Splits(
-            name="FER2013",
-            train=load_fer2013(csv_path, "train", on_error=on_error),
-            val=load_fer2013(csv_path, "val", on_error=on_error),
-            test=load_fer2013(csv_path, "test", on_error=on_error),
-            val_source="PublicTest",
-        )
-    if cfg.kind == "affectnet":
-        lists = ("", "Manually_Annotated_file_lists/")
-        train_csv = _find(root, tuple(p + "training.csv" for p in lists), "training.csv")
-        test_csv = _find(root, tuple(p + "validation.csv" for p in lists), "validation.csv")
-        if cfg.image_root:
-            image_root = Path(cfg.image_root).expanduser()
-            if not image_root.is_dir():
-                raise DataRootError(
-                    f"data.image_root {cfg.image_root} does not exist: set "
-                    "data.image_root=/path/to/AffectNet/Manually_Annotated_Images"
-                )
-        else:
-            base = root if root.is_dir() else root.parent
-            candidate = base / "Manually_Annotated_Images"
-            image_root = candidate if candidate.is_dir() else base
-        return Splits(
-            name="AffectNet (manual annotations; validation.csv as test set)",
-            train=load_affectnet(train_csv, image_root, "train", on_error=on_error, **check),
-            test=load_affectnet(test_csv, image_root, "test", on_error=on_error, **check),
-        )
-    # folder
-    val = load_folder(root, "val", on_error=on_error, **check) if (root / "val").is_dir() else None
+    source = get_dataset(cfg.kind)
+    root = _root(cfg, source) if source.needs_root else None
+    options = _options(cfg, source)
+    roles = source.splits(root)
+    if root is not None:
+        try:  # every split's files are found before any is loaded
+            for split in roles.values():
+                source.locate(root, split)
+        except DatasetLayoutError as err:
+            raise DataRootError(f"data.root: {err}: set data.root={source.root_example}") from err
+    kw: dict[str, Any] = {
+        "on_error": cfg.on_error,
+        "verify_images": cfg.verify_images,
+        "progress": progress,
+        **options,
+    }
+    sets = {role: source.load(root, split, **kw) for role, split in roles.items()}
+    val = sets.get("val")
     return Splits(
-        name=f"image folders ({root})",
-        train=load_folder(root, "train", on_error=on_error, **check),
+        name=source.describe(root, options),
+        train=sets["train"],
+        test=sets["test"],
         val=val,
-        test=load_folder(root, "test", on_error=on_error, **check),
-        val_source="val folder" if val is not None else "carved from train",
+        val_source=source.layout.val_name if val is not None else CARVED,
     )

@@ -1,0 +1,96 @@
+"""fer-train's splits come from the data source registry: no data set is known by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from capsnet_model.datasets import (
+    DatasetSource,
+    FERDataset,
+    FERSample,
+    SkippedRow,
+    SplitLayout,
+    register_dataset,
+    sources,
+)
+from fer_train.config import DataConfig, load_app_config
+from fer_train.data import DataRootError, data_kinds, load_splits
+
+
+@pytest.fixture
+def mine() -> Iterator[list[tuple[Path, str, dict[str, Any]]]]:
+    """A source ``mine`` registered for the test: validation is its ``dev`` split when the
+    root has a ``dev`` folder; each load is recorded."""
+    calls: list[tuple[Path, str, dict[str, Any]]] = []
+
+    def load(root: Path, split: str, **kwargs: Any) -> FERDataset:
+        calls.append((root, split, kwargs))
+        skipped = [SkippedRow(f"{root}/labels.txt, line 9", "bad row: shared")]
+        sample = FERSample(np.zeros((4, 4), np.uint8), 2, where=split)
+        return FERDataset([sample], split=split, skipped=skipped)
+
+    register_dataset(
+        DatasetSource(
+            name="mine",
+            load=load,
+            layout=SplitLayout(
+                train="fit", val="dev", test="eval", val_optional=True, val_name="dev folder"
+            ),
+            title="my faces ({root})",
+            root="a folder",
+            root_example="/path/to/mine",
+            has_split=lambda root, split: (root / split).is_dir(),
+        )
+    )
+    yield calls
+    del sources._SOURCES["mine"]
+
+
+def test_a_registered_source_needs_no_change_here(
+    mine: list[tuple[Path, str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    assert "mine" in data_kinds()
+    splits = load_splits(DataConfig(kind="mine", root=str(tmp_path), on_error="skip"))
+    assert [(split, kw["on_error"]) for _, split, kw in mine] == [("fit", "skip"), ("eval", "skip")]
+    assert splits.name == f"my faces ({tmp_path})" and splits.val is None
+    assert splits.val_source == "carved from train"
+    # a row of a shared file, reported by both loads, is listed once
+    assert [(row.splits, row.reason) for row in splits.skipped] == [
+        ("train+test", "bad row: shared")
+    ]
+    (tmp_path / "dev").mkdir()
+    splits = load_splits(DataConfig(kind="mine", root=str(tmp_path)))
+    assert [split for _, split, _ in mine[2:]] == ["fit", "dev", "eval"]
+    assert splits.val is not None and splits.val_source == "dev folder"
+
+
+def test_the_kinds_are_the_registry(mine: list[Any]) -> None:
+    assert set(data_kinds()) == {"synthetic", "rafdb", "fer2013", "affectnet", "folder", "mine"}
+    assert load_app_config(None, ["data.kind=mine"]).data.kind == "mine"
+
+
+def test_root_errors_name_the_key_and_an_example(tmp_path: Path) -> None:
+    with pytest.raises(DataRootError, match="data.root is not set: set data.root=/path/to/FER2013"):
+        load_splits(DataConfig(kind="fer2013"))
+    with pytest.raises(DataRootError, match=r"fer2013\.csv not found under .*looked for"):
+        load_splits(DataConfig(kind="fer2013", root=str(tmp_path)))
+    a_file = tmp_path / "labels.txt"
+    a_file.write_text("")
+    with pytest.raises(DataRootError, match="is not a directory: set data.root=/path/to/RAF-DB"):
+        load_splits(DataConfig(kind="rafdb", root=str(a_file)))
+    (tmp_path / "training.csv").write_text("")
+    (tmp_path / "validation.csv").write_text("")
+    with pytest.raises(DataRootError, match="data.image_root /nowhere does not exist"):
+        load_splits(DataConfig(kind="affectnet", root=str(tmp_path), image_root="/nowhere"))
+
+
+def test_synthetic_is_a_registered_source_too() -> None:
+    splits = load_splits(DataConfig(synthetic_train=14, synthetic_test=7, synthetic_size=32))
+    assert splits.name == "synthetic faces (32 px)"
+    assert len(splits.train) == 14 and len(splits.test) == 7  # type: ignore[arg-type]
+    assert splits.val is None and splits.skipped == []
