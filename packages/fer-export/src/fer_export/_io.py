@@ -54,7 +54,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_write_bytes(
-    path: str | Path, data: bytes, *, check: Callable[[Path], object] | None = None
+    path: str | os.PathLike[str], data: bytes, *, check: Callable[[Path], object] | None = None
 ) -> Path:
     """Returns ``path`` (a ``Path``) after replacing its content with ``data`` atomically.
 
@@ -86,6 +86,6 @@ def atomic_write_bytes(
     return path
 
 
-def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
     """Returns ``path`` after writing ``text`` to it atomically (see :func:`atomic_write_bytes`)."""
     return atomic_write_bytes(path, text.encode(encoding))
