@@ -429,13 +429,13 @@ def test_a_failing_prediction_becomes_an_error_line_not_a_crash(
 
     calls = []
 
-    def flaky(frames, faces, max_pixels):  # type: ignore[no-untyped-def]
+    def flaky(frames, faces):  # type: ignore[no-untyped-def]
         calls.append(len(frames))
         if len(calls) == 1:
             raise ValueError("box (3, 3, 0, 0) is empty")
         return [[] for _ in frames]
 
-    monkeypatch.setattr(session, "predict_batch", flaky)
+    monkeypatch.setattr(session, "predict_decoded", flaky)
     out = io.StringIO()
     summary = run_source(session, TwoFrames("clip"), out)
     records = [json.loads(line) for line in out.getvalue().splitlines()]

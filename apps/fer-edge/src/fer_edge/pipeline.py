@@ -1,7 +1,7 @@
 """``fer-edge run``: classify the faces of every image or frame of a source.
 
 :func:`run_source` reads a :class:`fer_edge.sources.Source`, groups up to ``batch`` decoded
-images/frames into one :meth:`FERSession.predict_batch` call (all their faces in one ONNX
+images/frames into one :meth:`FERSession.predict_decoded` call (all their faces in one ONNX
 Runtime run), writes one JSON line per image/frame and, on request, annotated output; it
 returns a :class:`Summary`.
 """
@@ -209,8 +209,8 @@ def run_source(
             if good:
                 t0 = time.perf_counter()
                 try:
-                    # The source applied the pixel limit when it decoded them.
-                    results = session.predict_batch(frames, faces, max_pixels=None)
+                    # Decoded by the source, which applied the pixel limit.
+                    results = session.predict_decoded(frames, faces)
                 except ValueError as exc:
                     # One bad image must not end the run: its group gets the error instead.
                     for item in good:

@@ -123,8 +123,12 @@ class ApiError(Exception):
 
 def metadata_dict(session: FERSession) -> dict[str, Any]:
     """What ``GET /metadata`` answers: the contract's JSON form
-    (:meth:`fer_export.contract.ModelContract.to_dict`) plus the file name and provider."""
-    return {**session.contract.to_dict(), "file": session.path.name, "provider": session.provider}
+    (:meth:`fer_export.contract.ModelContract.to_dict`) plus the file name and provider, less
+    ``extra`` (the exporter's model arguments and the checkpoint's training details, which may
+    name paths on the training machine: not for clients)."""
+    contract = session.contract.to_dict()
+    contract.pop("extra", None)
+    return {**contract, "file": session.path.name, "provider": session.provider}
 
 
 class _Observe:
