@@ -18,6 +18,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import DIGITS_REWARD, tiny_config
 
+from rl_trainer.collectives import reduce_scalars
 from rl_trainer.trainer import GRPOTrainer
 
 
@@ -62,6 +63,10 @@ def main() -> None:
         "weights": flat(model.state_dict().values()),
         "loss": update["loss"],
         "accumulation_steps": trainer.accumulation_steps,
+        "reduced": {
+            op: reduce_scalars({"rank": float(acc.process_index), "one": 1.0}, acc, op=op)
+            for op in ("sum", "mean", "max", "min")
+        },
     }
     gathered = [None] * acc.num_processes
     dist.all_gather_object(gathered, record)

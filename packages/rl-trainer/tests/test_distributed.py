@@ -85,6 +85,13 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, digit_data, aggre
     assert all(r["accumulation_steps"] == 3 for r in ranks)
     # Each rank sampled different prompts, yet the synchronised gradients and weights agree.
     assert ranks[0]["samples"] != ranks[1]["samples"]
+    for rank in ranks:  # reduce_scalars: the same named results on every rank
+        assert rank["reduced"] == {
+            "sum": {"rank": 1.0, "one": 2.0},
+            "mean": {"rank": 0.5, "one": 1.0},
+            "max": {"rank": 1.0, "one": 1.0},
+            "min": {"rank": 0.0, "one": 1.0},
+        }
     assert torch.allclose(ranks[0]["grad"], ranks[1]["grad"], rtol=0, atol=1e-7)
     assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
 

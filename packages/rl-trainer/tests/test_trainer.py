@@ -328,13 +328,15 @@ def test_nonfinite_loss_is_skipped_then_stops_the_run(
         digit_data,
         **{"optim.max_nonfinite_steps": 3, "algorithm.mini_batches": 1},
     )
-    real = trainer._micro_loss
+    import rl_trainer.trainer as trainer_module
 
-    def poisoned(micro, normalizer):
-        loss, metrics, tokens = real(micro, normalizer)
+    real = trainer_module.micro_batch_loss
+
+    def poisoned(*args, **kwargs):
+        loss, metrics, tokens = real(*args, **kwargs)
         return loss * float("nan"), metrics, tokens
 
-    monkeypatch.setattr(trainer, "_micro_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "micro_batch_loss", poisoned)
     before = weights(trainer)
     for expected in (1, 2):
         metrics = trainer.train_step()
@@ -344,7 +346,7 @@ def test_nonfinite_loss_is_skipped_then_stops_the_run(
     assert "non-finite" in caplog.text
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
         trainer.train_step()
-    monkeypatch.setattr(trainer, "_micro_loss", real)
+    monkeypatch.setattr(trainer_module, "micro_batch_loss", real)
     trainer.consecutive_nonfinite = 0
     assert trainer.train_step()["nonfinite_updates"] == 0.0
     assert trainer.consecutive_nonfinite == 0

@@ -1,24 +1,19 @@
-"""Reading a run's metrics.jsonl (shared by the run loop, the plots and the study)."""
+"""Reading a run's metrics.jsonl (shared by the plots and the study).
+
+The file is written by rl-trainer's one writer (``rl_trainer.tracking.MetricsWriter``):
+non-finite numbers are stored as ``null`` and read back here as NaN, and a line cut short by a
+kill is skipped. This module is the app's single reader of that format.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from rl_trainer.tracking import read_metrics as _read_metrics
+
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Returns the records of a metrics.jsonl file; [] when it does not exist.
-
-    A line that does not parse (the last one, cut short by a kill) is skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    """Returns the records of a metrics.jsonl file (null values as NaN); [] when it does not
+    exist."""
+    return _read_metrics(path)

@@ -1,5 +1,6 @@
-"""One training run: setup checks, the embedded default, the RL loop with a metrics line per
-optimiser step, checkpoints, final evaluation, ``run.json`` and plots."""
+"""One training run: setup checks, the embedded default, rl-trainer's ``train()`` with a
+callback that writes a metrics line per optimiser step and stops at ``max_steps``, then
+``run.json``, ``eval.json`` and plots."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,18 @@ from accelerate import PartialState
 
 from bandpo_train.config import AppConfig, check_config
 from bandpo_train.embedded import check_embedded, prepare_embedded
-from bandpo_train.records import read_metrics
-from rl_trainer import config_io
+from rl_trainer.callbacks import (
+    MetricsFileCallback,
+    ProgressCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+)
 from rl_trainer.checkpoint import resolve_resume
-from rl_trainer.trainer import GRPOTrainer, check_batch_geometry
+from rl_trainer.collectives import reduce_scalars
+from rl_trainer.components import check_batch_geometry
+from rl_trainer.tracking import METRICS_FILE, MetricsWriter, jsonable
+from rl_trainer.trainer import GRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +100,104 @@ def update_lines(
 
 
 def _plain(value: Any) -> Any:
-    return value if not isinstance(value, float) or value == value else None
+    return jsonable(value)
+
+
+class UpdateLines(TrainerCallback):
+    """bandpo-train's metrics: one ``metrics.jsonl`` line per optimiser step (``step`` counts
+    them across the run, ``rl_step`` is the RL step), a progress bar over optimiser steps, and
+    the ``max_steps`` budget (training stops once ``total`` lines are written).
+
+    A resumed run keeps the lines up to the checkpoint's RL step and numbers on from there.
+    """
+
+    def __init__(self, path: Path, total: int, *, progress_bar: bool) -> None:
+        self.path = path
+        self.total = total
+        self.progress_bar = progress_bar
+        self.done = 0
+        self.pending = 0
+        self.last: dict[str, Any] = {}
+        self.evaluation: dict[str, float] = {}
+        self._writer: MetricsWriter | None = None
+        self._bar: Any = None
+
+    def on_train_begin(
+        self, trainer: GRPOTrainer, state: TrainerState, control: TrainerControl
+    ) -> None:
+        done = 0
+        if state.is_world_process_zero:
+            self._writer = MetricsWriter(self.path, keep_through=state.step, step_key="rl_step")
+            done = int(self._writer.kept[-1]["step"]) if self._writer.kept else 0
+        # Only the main process read the file: share its count.
+        shared = reduce_scalars({"done": float(done)}, trainer.accelerator, op="max")
+        self.done = int(shared["done"])
+        if state.is_world_process_zero and self.progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=self.total, initial=self.done, desc="bandpo-train", unit="update"
+            )
+        if self.done >= self.total:
+            control.should_training_stop = True
+
+    def on_step_end(
+        self,
+        trainer: GRPOTrainer,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, float],
+    ) -> None:
+        self.pending = state.update
+        if self.done + self.pending >= self.total:
+            control.should_training_stop = True
+
+    def on_rl_step_end(
+        self,
+        trainer: GRPOTrainer,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, float],
+        updates: list[dict[str, float]],
+    ) -> None:
+        lines = update_lines(state.step, self.done + 1, dict(metrics), updates)
+        self.done += len(updates) or 1
+        self.pending = 0
+        self.last = lines[-1]
+        if self._writer is not None:
+            self._writer.write(lines)
+        if self._bar is not None:
+            self._bar.update(len(lines))
+            self._bar.set_postfix(
+                reward=f"{self.last['reward_mean']:.3f}",
+                ent=f"{self.last['entropy']:.3f}",
+                refresh=False,
+            )
+        if self.done >= self.total:
+            control.should_training_stop = True
+
+    def on_evaluate(
+        self,
+        trainer: GRPOTrainer,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, float],
+    ) -> None:
+        self.evaluation = dict(metrics)
+
+    def on_train_end(
+        self,
+        trainer: GRPOTrainer,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, float],
+    ) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def train(config: AppConfig) -> dict[str, Any]:
@@ -108,59 +215,17 @@ def train(config: AppConfig) -> dict[str, Any]:
         if not state.is_main_process:
             prepare_embedded(config, build=False)
     config.check_required()
-    trainer = GRPOTrainer(config)
-    acc = trainer.accelerator
-    metrics_path = out / "metrics.jsonl"
-    history = (
-        [r for r in read_metrics(metrics_path) if r.get("rl_step", 0) <= trainer.step]
-        if acc.is_main_process
-        else []
+    metrics_path = out / METRICS_FILE
+    lines = UpdateLines(
+        metrics_path, config.total_updates, progress_bar=config.logging.progress_bar
     )
-    done_updates = history[-1]["step"] if history else 0
-    total = config.total_updates
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config_io.dump_yaml(config, out / "config.yaml")
-        tmp = metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-        tmp.replace(metrics_path)
-    # Only the main process read the file: share its count.
-    done_updates = int(trainer._sum([float(done_updates)])[0])
-    sink = metrics_path.open("a", encoding="utf-8") if acc.is_main_process else None
-    progress = None
-    if acc.is_main_process and config.logging.progress_bar:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=total, initial=done_updates, desc="bandpo-train", unit="update")
-    last: dict[str, Any] = {}
-    try:
-        while done_updates < total:
-            metrics = trainer.train_step(max_updates=total - done_updates)
-            lines = update_lines(trainer.step, done_updates + 1, metrics, trainer.last_updates)
-            done_updates += len(trainer.last_updates) or 1
-            last = lines[-1]
-            if sink is not None:
-                sink.write(
-                    "".join(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n" for r in lines)
-                )
-                sink.flush()
-            if progress is not None:
-                progress.update(len(lines))
-                progress.set_postfix(
-                    reward=f"{last['reward_mean']:.3f}", ent=f"{last['entropy']:.3f}", refresh=False
-                )
-            every = config.checkpoint.save_every
-            if every and trainer.step % every == 0:
-                trainer.save()
-    finally:
-        if sink is not None:
-            sink.close()
-        if progress is not None:
-            progress.close()
-    evaluation = trainer.evaluate() if trainer.eval_prompts is not None else {}
-    if config.checkpoint.save_final:
-        trainer.save()
-    trainer.save_model(out / "final")
+    trainer = GRPOTrainer(config, callbacks=[lines])
+    # Its lines replace the trainer's one line per RL step and its progress over RL steps.
+    trainer.remove_callback(MetricsFileCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.train()
+    acc = trainer.accelerator
+    evaluation = lines.evaluation
     summary = {
         "num_processes": acc.num_processes,
         "device": str(acc.device),
@@ -170,10 +235,10 @@ def train(config: AppConfig) -> dict[str, Any]:
         "task": config.task.name if embedded else None,
         "rule": config.algorithm.rule,
         "rule_params": config.algorithm.rule_params,
-        "optimizer_steps": done_updates,
+        "optimizer_steps": lines.done,
         "rl_steps": trainer.step,
         "wall_s": time.time() - started,
-        "final": {k: _plain(v) for k, v in last.items() if isinstance(v, int | float)},
+        "final": {k: _plain(v) for k, v in lines.last.items() if isinstance(v, int | float)},
         "eval": evaluation,
         "versions": _versions(),
     }

@@ -38,7 +38,11 @@ _EXPORTS = {
     "register_rollout_backend": "rollout",
     "GRPOTrainer": "trainer",
     "NonFiniteLossError": "trainer",
-    "RolloutBatch": "trainer",
+    "RolloutBatch": "batch",
+    "TrainerCallback": "callbacks",
+    "TrainerControl": "callbacks",
+    "TrainerState": "callbacks",
+    "reduce_scalars": "collectives",
 }
 
 if TYPE_CHECKING:
@@ -47,6 +51,9 @@ if TYPE_CHECKING:
         compute_advantages,
         register_advantage,
     )
+    from rl_trainer.batch import RolloutBatch
+    from rl_trainer.callbacks import TrainerCallback, TrainerControl, TrainerState
+    from rl_trainer.collectives import reduce_scalars
     from rl_trainer.config import TrainerConfig, load_config
     from rl_trainer.estimators import mean_at_k, pass_at_k
     from rl_trainer.rewards import (
@@ -63,7 +70,7 @@ if TYPE_CHECKING:
         available_rollout_backends,
         register_rollout_backend,
     )
-    from rl_trainer.trainer import GRPOTrainer, NonFiniteLossError, RolloutBatch
+    from rl_trainer.trainer import GRPOTrainer, NonFiniteLossError
 
 __version__ = _metadata.version("rl-trainer")
 
@@ -75,7 +82,10 @@ __all__ = [
     "RolloutBatch",
     "RolloutOutput",
     "SamplingParams",
+    "TrainerCallback",
     "TrainerConfig",
+    "TrainerControl",
+    "TrainerState",
     "available_advantages",
     "available_rewards",
     "available_rollout_backends",
@@ -85,6 +95,7 @@ __all__ = [
     "load_config",
     "mean_at_k",
     "pass_at_k",
+    "reduce_scalars",
     "register_advantage",
     "register_reward",
     "register_rollout_backend",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from rl_trainer import config_io
 from rl_trainer.rewards import RewardSpec
+from rl_trainer.tracking import KNOWN_TRACKERS
 
 
 def _positive(where: str, value: float | int) -> None:
@@ -197,12 +198,18 @@ class OptimConfig:
 
 @dataclass
 class LoggingConfig:
-    """Where results go: output_dir holds config.yaml, metrics.jsonl, checkpoints, tensorboard."""
+    """Where results go: output_dir holds config.yaml, metrics.jsonl, checkpoints, tracker logs."""
 
     output_dir: str = "runs/rl-trainer"
     log_every: int = 1
     progress_bar: bool = True
-    # TensorBoard event files when the tensorboard package is installed.
+    # Experiment trackers run by accelerate (tensorboard, wandb, mlflow, ...; "all": every one
+    # installed). None: the tensorboard switch below decides. A tracker whose package is not
+    # installed is skipped with a warning.
+    log_with: list[str] | None = None
+    # The trackers' project (W&B/MLflow project; TensorBoard writes to output_dir/<project>).
+    project: str = "rl-trainer"
+    # With log_with unset: TensorBoard event files when the tensorboard package is installed.
     tensorboard: bool = True
     # Completions printed to the console every log step (0: none).
     print_samples: int = 0
@@ -210,6 +217,14 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         _positive("logging.log_every", self.log_every)
         _non_negative("logging.print_samples", self.print_samples)
+        for name in self.log_with or ():
+            if name not in KNOWN_TRACKERS:
+                raise ValueError(
+                    f"logging.log_with: unknown tracker {name!r}; valid: "
+                    f"{', '.join(KNOWN_TRACKERS)}"
+                )
+        if not self.project:
+            raise ValueError("logging.project must not be empty")
 
 
 @dataclass

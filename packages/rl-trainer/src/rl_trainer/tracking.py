@@ -1,119 +1,143 @@
-"""Where metrics go: metrics.jsonl always, a console progress bar, TensorBoard when installed."""
+"""Where metrics go: ``metrics.jsonl`` (one writer and one reader for every RL run) and the
+experiment trackers that accelerate drives (TensorBoard, W&B, MLflow, ... via ``log_with``).
+
+``metrics.jsonl`` holds one JSON object per line. JSON has no NaN or infinity, so a non-finite
+number is written as ``null`` and read back as NaN; a line cut short by a kill is skipped when
+the file is read. Files written before this encoding held the strings ``"nan"``, ``"inf"`` and
+``"-inf"``; the reader turns those into floats too.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+METRICS_FILE = "metrics.jsonl"
 
-logger = logging.getLogger(__name__)
-
-# Shown in the progress bar's postfix, in this order, when present.
-POSTFIX_KEYS = (
-    ("reward/total", "reward"),
-    ("entropy", "ent"),
-    ("clip_frac", "clip"),
-    ("kl_ref", "kl"),
-    ("tokens_per_s", "tok/s"),
+# Tracker names accelerate accepts in ``log_with`` (its LoggerType values); kept here so that
+# configuration checks need not import accelerate. tests/test_tracking.py compares them.
+KNOWN_TRACKERS: tuple[str, ...] = (
+    "all",
+    "aim",
+    "clearml",
+    "comet_ml",
+    "dvclive",
+    "mlflow",
+    "swanlab",
+    "tensorboard",
+    "trackio",
+    "wandb",
 )
 
+_LEGACY_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
-def _plain(value: Any) -> Any:
+
+def jsonable(value: Any) -> Any:
+    """Returns ``value`` as written to metrics.jsonl: None for a non-finite float, else itself."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them readable rather than invalid
+        return None
     return value
 
 
-class MetricsTracker:
-    """Writes one JSON line per logged step; only the main process should own one.
+def encode_record(record: Mapping[str, Any]) -> str:
+    """Returns one metrics.jsonl line (with its newline) for ``record``."""
+    return json.dumps({k: jsonable(v) for k, v in record.items()}, allow_nan=False) + "\n"
 
-    ``metrics.jsonl`` is opened in append mode so that a resumed run continues the same file;
-    lines from steps after the resume point are dropped first, so the file never holds a step
-    twice.
+
+def _decode(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if isinstance(value, str) and value in _LEGACY_NON_FINITE:
+        return _LEGACY_NON_FINITE[value]
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Returns the records of a metrics.jsonl file, null values as NaN; [] when it does not exist.
+
+    A line that does not parse (the last one, cut short by a kill) is skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append({k: _decode(v) for k, v in record.items()})
+    return records
+
+
+class MetricsWriter:
+    """Appends records to a metrics.jsonl file; only the main process should own one.
+
+    On opening, records whose ``step_key`` is above ``keep_through`` are dropped (and cut lines
+    removed), so a run resumed from step N continues the same file without a step appearing
+    twice; ``keep_through=0`` starts a fresh file. The rewrite goes through a temporary file and
+    a rename, so a kill never leaves the file half-written.
     """
 
-    def __init__(
-        self,
-        output_dir: str | Path,
-        *,
-        total_steps: int,
-        start_step: int = 0,
-        progress_bar: bool = True,
-        tensorboard: bool = True,
-    ) -> None:
-        self.path = Path(output_dir) / "metrics.jsonl"
+    def __init__(self, path: str | Path, *, keep_through: int = 0, step_key: str = "step") -> None:
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate_after(start_step)
-        self._file = self.path.open("a", encoding="utf-8")
-        self._bar = (
-            tqdm(
-                total=total_steps,
-                initial=start_step,
-                desc="rl-trainer",
-                unit="step",
-                dynamic_ncols=True,
-            )
-            if progress_bar
-            else None
-        )
-        self._writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.info("tensorboard is not installed: metrics go to metrics.jsonl only")
-            else:
-                self._writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
-
-    def _truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if int(record.get("step", 0)) <= step:
-                kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        kept = [r for r in read_metrics(self.path) if int(r.get(step_key, 0)) <= keep_through]
+        self.kept = kept
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(encode_record(r) for r in kept), encoding="utf-8")
         tmp.replace(self.path)
+        self._file = self.path.open("a", encoding="utf-8")
 
-    def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Records ``metrics`` for ``step`` in every sink."""
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
+    def write(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Appends ``records``, one line each, and flushes."""
+        self._file.write("".join(encode_record(r) for r in records))
         self._file.flush()
-        if self._writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float):
-                    self._writer.add_scalar(key, value, step)
-        if self._bar is not None:
-            postfix = {
-                short: f"{metrics[key]:.3g}" for key, short in POSTFIX_KEYS if key in metrics
-            }
-            self._bar.set_postfix(postfix, refresh=False)
-
-    def advance(self, steps: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.update(steps)
-
-    def write(self, message: str) -> None:
-        """Prints a line without breaking the progress bar."""
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
-            print(message, flush=True)
 
     def close(self) -> None:
         self._file.close()
-        if self._bar is not None:
-            self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_trackers(log_with: list[str] | None, tensorboard: bool) -> list[str]:
+    """Returns the tracker names of a run: ``logging.log_with``, or when it is unset the older
+    ``logging.tensorboard`` switch (``[tensorboard]`` or none)."""
+    if log_with is not None:
+        return list(log_with)
+    return ["tensorboard"] if tensorboard else []
+
+
+def flat_config(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Returns ``values`` (nested dicts) as dotted keys with bool/int/float/str/None values
+    (lists and other values as their string), what every tracker accepts as hyperparameters."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_config(value, f"{name}."))
+        elif value is None or isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+__all__ = [
+    "KNOWN_TRACKERS",
+    "METRICS_FILE",
+    "MetricsWriter",
+    "encode_record",
+    "flat_config",
+    "jsonable",
+    "read_metrics",
+    "resolve_trackers",
+]
