@@ -215,3 +215,30 @@ def test_gpu_only_launch_config_on_cpu_is_an_error(monkeypatch, variable, what) 
 def test_unexpected_argument_is_rejected(capsys) -> None:
     assert main(["--fast"]) == 2
     assert "key=value" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def test_run_uses_the_trainer_loop_and_no_private_members() -> None:
+    import inspect
+    import re
+
+    from bandpo_train import run
+
+    source = inspect.getsource(run)
+    assert "trainer.train()" in source
+    assert not re.search(r"\btrainer\._[a-z]", source), "run.py reaches into GRPOTrainer internals"
+    assert "train_step(" not in source  # no loop of its own
+
+
+def test_records_read_null_as_nan_and_old_strings(tmp_path) -> None:
+    import math
+
+    from bandpo_train.records import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "entropy": null}\n{"step": 2, "entropy": "nan"}\n{"step": 3')
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2]  # the cut last line is skipped
+    assert all(math.isnan(r["entropy"]) for r in records)
