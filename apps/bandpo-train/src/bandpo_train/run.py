@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from accelerate import PartialState
 
 from bandpo_train.config import AppConfig, check_config
 from bandpo_train.embedded import check_embedded, prepare_embedded
+from bandpo_train.versions import versions
 from rl_trainer.callbacks import (
     MetricsFileCallback,
     ProgressCallback,
@@ -240,7 +240,7 @@ def train(config: AppConfig) -> dict[str, Any]:
         "wall_s": time.time() - started,
         "final": {k: _plain(v) for k, v in lines.last.items() if isinstance(v, int | float)},
         "eval": evaluation,
-        "versions": _versions(),
+        "versions": versions(),
     }
     if acc.is_main_process:
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
@@ -253,20 +253,3 @@ def train(config: AppConfig) -> dict[str, Any]:
             plot_run(metrics_path, out / "plots")
     acc.wait_for_everyone()
     return summary
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import transformers
-
-    import band_ops
-    import rl_trainer
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "band_ops": band_ops.__version__,
-        "rl_trainer": rl_trainer.__version__,
-    }

@@ -67,7 +67,6 @@ import argparse
 import csv
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -95,6 +94,7 @@ from bandpo_train.study_stats import (  # noqa: F401  (re-exported for callers a
     tail_mean,
     weighted_bucket_clip,
 )
+from bandpo_train.versions import versions
 
 # --------------------------------------------------------------------------------------------
 # what is compared
@@ -727,18 +727,6 @@ def _fill_nan(values: Sequence[float]) -> list[float]:
     return out
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "accelerate", "band-ops", "rl-trainer", "bandpo-train"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
 def _band_table(params: dict[str, Any]) -> dict[str, list[float]]:
     import torch
 
@@ -790,7 +778,7 @@ def write_study_json(
         "runs": counts,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "wall_s": time.time() - started,
-        "versions": _versions(),
+        "versions": versions(),
     }
     path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 

@@ -1,6 +1,6 @@
 """``GRPOTrainer``: the rollout -> reward -> advantage -> clipped-update loop on Accelerate.
 
-One step (DESIGN.md, "Data flows"):
+One step (ARCHITECTURE.md, "Data flows"):
 
 1. Every process draws the same global batch of ``prompts_per_step`` prompts and keeps its own
    slice; it samples ``group_size`` completions for each (rollout backend).
