@@ -91,11 +91,33 @@ def test_known_trackers_are_accelerates() -> None:
     assert set(KNOWN_TRACKERS) == {str(t) for t in LoggerType}
 
 
-def test_resolve_trackers_keeps_the_old_switch_as_default() -> None:
+def test_resolve_trackers_keeps_the_old_switch_as_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: object() if name == "tensorboard" else real(name)
+    )
     assert resolve_trackers(None, True) == ["tensorboard"]
     assert resolve_trackers(None, False) == []
     assert resolve_trackers(["wandb"], True) == ["wandb"]
     assert resolve_trackers([], True) == []
+
+
+def test_default_asks_for_no_tracker_when_tensorboard_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    missing = ("tensorboard", "tensorboardX")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name in missing else real(name)
+    )
+    assert resolve_trackers(None, True) == []
+    assert resolve_trackers(["tensorboard"], True) == ["tensorboard"]  # asked for: kept
 
 
 def test_unknown_tracker_in_the_config_is_an_error() -> None:

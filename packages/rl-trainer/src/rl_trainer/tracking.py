@@ -9,6 +9,7 @@ the file is read. Files written before this encoding held the strings ``"nan"``,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -110,10 +111,12 @@ class MetricsWriter:
 
 def resolve_trackers(log_with: list[str] | None, tensorboard: bool) -> list[str]:
     """Returns the tracker names of a run: ``logging.log_with``, or when it is unset the older
-    ``logging.tensorboard`` switch (``[tensorboard]`` or none)."""
+    ``logging.tensorboard`` switch (``[tensorboard]`` when a TensorBoard writer is installed,
+    else none: the default must not make accelerate warn about a tracker nobody asked for)."""
     if log_with is not None:
         return list(log_with)
-    return ["tensorboard"] if tensorboard else []
+    installed = any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
+    return ["tensorboard"] if tensorboard and installed else []
 
 
 def flat_config(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
