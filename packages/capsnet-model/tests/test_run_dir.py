@@ -89,3 +89,11 @@ def test_selection_and_early_stopping() -> None:
     assert reason == "early stop: no improvement for 2 epochs"
     assert _stop_reason(cfg, TrainState(epoch=3, bad_epochs=2), False) == ""  # needs validation
     assert _stop_reason(cfg, TrainState(epoch=5), True) == "reached 5 epochs"
+
+
+def test_metrics_write_non_finite_values_as_null(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "run")
+    run.write_metrics([{"epoch": 1, "train_loss": float("nan"), "val": {"acc": float("inf")}}])
+    line = (tmp_path / "run" / "metrics.jsonl").read_text().strip()
+    assert line == '{"epoch": 1, "train_loss": null, "val": {"acc": null}}'
+    assert json.loads(line)["train_loss"] is None

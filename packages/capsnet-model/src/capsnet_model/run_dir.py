@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -100,8 +101,20 @@ class TrainState:
         )
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and +-inf floats as ``None``: strict JSON (``null``), as rl-trainer's
+    metrics files write them, instead of the ``NaN`` token most JSON readers reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _json_text(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str) + "\n"
+    return json.dumps(_json_safe(data), indent=2, default=str, allow_nan=False) + "\n"
 
 
 class RunDirectory:
@@ -194,7 +207,8 @@ class RunDirectory:
         """Writes ``metrics.jsonl``, one JSON object per epoch (the whole file each time, so
         a kill leaves the previous version and never a half line that a resume cannot
         read)."""
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in history))
+        lines = (json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in history)
+        atomic_write_text(self.metrics, "".join(lines))
 
     def save_best(self, model: nn.Module, info: ModelInfo) -> None:
         """Writes the selected model to ``best.safetensors``."""
