@@ -18,6 +18,7 @@ from accelerate import PartialState
 from bandpo_train.config import AppConfig, check_config
 from bandpo_train.embedded import check_embedded, prepare_embedded
 from bandpo_train.versions import versions
+from rl_trainer._io import atomic_write_text
 from rl_trainer.callbacks import (
     MetricsFileCallback,
     ProgressCallback,
@@ -243,10 +244,8 @@ def train(config: AppConfig) -> dict[str, Any]:
         "versions": versions(),
     }
     if acc.is_main_process:
-        (out / "eval.json").write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
-        tmp = out / "run.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-        tmp.replace(out / "run.json")
+        atomic_write_text(out / "eval.json", json.dumps(evaluation, indent=2))
+        atomic_write_text(out / "run.json", json.dumps(summary, indent=2, default=str))
         if config.plots:
             from bandpo_train.plots import plot_run
 

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rl_trainer._io import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 
 # Tracker names accelerate accepts in ``log_with`` (its LoggerType values); kept here so that
@@ -89,9 +91,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.path) if int(r.get(step_key, 0)) <= keep_through]
         self.kept = kept
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(encode_record(r) for r in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(encode_record(r) for r in kept))
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
