@@ -38,15 +38,8 @@ from transformers import PreTrainedTokenizerBase
 import band_ops
 from rl_trainer import checkpoint as ckpt
 from rl_trainer import config_io
-from rl_trainer.advantages import compute_advantages, get_advantage, zero_variance_mask
-from rl_trainer.batch import (
-    RolloutBatch,
-    build_batch,
-    micro_batches,
-    padded_logprobs,
-    rollout_metrics,
-    score_logprobs,
-)
+from rl_trainer.advantages import get_advantage
+from rl_trainer.batch import RolloutBatch, score_logprobs
 from rl_trainer.callbacks import (
     DEFAULT_CALLBACKS,
     CallbackHandler,
@@ -55,7 +48,7 @@ from rl_trainer.callbacks import (
     TrainerControl,
     TrainerState,
 )
-from rl_trainer.collectives import gather_tensor, reduce_scalars
+from rl_trainer.collectives import reduce_scalars
 from rl_trainer.components import (
     adamw,
     check_batch_geometry,
@@ -71,16 +64,12 @@ from rl_trainer.config import TrainerConfig
 from rl_trainer.data import PromptSampler, PromptSet
 from rl_trainer.evaluation import evaluate
 from rl_trainer.loss import micro_batch_loss
-from rl_trainer.models import (
-    adapters_disabled,
-    is_peft_model,
-    load_policy,
-    load_reference,
-    load_tokenizer,
-)
-from rl_trainer.rewards import RewardSpec, compute_rewards, get_reward
+from rl_trainer.models import is_peft_model, load_policy, load_reference, load_tokenizer
+from rl_trainer.rewards import RewardSpec, get_reward
 from rl_trainer.rollout import RolloutBackend, SamplingParams, create_rollout_backend
+from rl_trainer.rollout_step import prepare_batch, rollout_step
 from rl_trainer.tracking import flat_config
+from rl_trainer.update import optimizer_step, run_updates
 
 logger = logging.getLogger(__name__)
 
@@ -278,12 +267,6 @@ class GRPOTrainer:
         r = self.config.rollout
         return SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
 
-    def _local_prompts(self) -> list[int]:
-        acc = self.accelerator
-        batch = self.sampler.next_batch(self.config.rollout.prompts_per_step)
-        per = len(batch) // acc.num_processes
-        return batch[acc.process_index * per : (acc.process_index + 1) * per]
-
     def _score(self, model: nn.Module, batch: RolloutBatch) -> torch.Tensor:
         return score_logprobs(
             model,
@@ -294,72 +277,21 @@ class GRPOTrainer:
 
     def rollout(self) -> tuple[RolloutBatch | None, dict[str, float], list[tuple[str, str]]]:
         """Returns this process's prepared batch (None when every group was filtered out), the
-        rollout metrics and a few (prompt, completion) examples."""
-        cfg = self.config
-        acc = self.accelerator
-        positions = self._local_prompts()
-        prompt_ids, prompt_texts, columns = self.train_prompts.select(positions)
-        start = time.perf_counter()
-        out = self.backend.generate(prompt_ids, cfg.rollout.group_size, self.sampling_params())
-        generate_s = time.perf_counter() - start
-        index = out.prompt_index
-        completions = self.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
-        sample_prompts = [prompt_texts[p] for p in index]
-        sample_columns = {name: [values[p] for p in index] for name, values in columns.items()}
-        rewards = compute_rewards(self.reward_specs, sample_prompts, completions, sample_columns)
-
-        # Group statistics over all processes, by prompt identity (the dataset row).
-        rows = torch.tensor([self.train_prompts.rows[positions[p]] for p in index])  # (n,)
-        all_rewards = gather_tensor(rewards.total.float(), acc)  # (N,)
-        all_rows = gather_tensor(rows.long(), acc)  # (N,)
-        all_valid = gather_tensor(rewards.valid.to(torch.long), acc).bool()  # (N,)
-        advantages = compute_advantages(
-            cfg.algorithm.advantage,
-            all_rewards,
-            all_rows,
-            all_valid,
-            **cfg.algorithm.advantage_params,
-        )  # (N,)
-        zero_std = zero_variance_mask(all_rewards, all_rows, all_valid)  # (N,)
-        mine = slice(acc.process_index * len(index), (acc.process_index + 1) * len(index))
-        keep = all_valid[mine].clone()  # (n,)
-        if cfg.algorithm.filter_zero_std:
-            keep &= ~zero_std[mine]
-        kept = keep.nonzero().flatten().tolist()
-
-        metrics = rollout_metrics(
-            rewards,
-            all_rewards,
-            all_rows,
-            all_valid,
-            out.completion_ids,
-            eos_token_id=self.tokenizer.eos_token_id,
-            reduce=self._reduce,
+        rollout metrics and a few (prompt, completion) examples (``rollout_step``)."""
+        return rollout_step(
+            model=self.model,
+            reference=self.reference,
+            rule=self.rule,
+            backend=self.backend,
+            tokenizer=self.tokenizer,
+            accelerator=self.accelerator,
+            config=self.config,
+            prompts=self.train_prompts,
+            sampler=self.sampler,
+            reward_specs=self.reward_specs,
+            sampling=self.sampling_params(),
+            reuse_rollout_logprobs=self.reuse_rollout_logprobs,
         )
-        metrics["time/generate_s"] = generate_s
-        used = self._reduce({"kept": float(len(kept))})["kept"]
-        metrics["samples_used_frac"] = used / all_rewards.numel()
-        examples = list(zip(sample_prompts[:2], completions[:2], strict=True))
-        if used == 0:
-            return None, metrics, examples
-
-        rollout_logprobs = out.logprobs if self.reuse_rollout_logprobs else None
-        if self.reuse_rollout_logprobs and rollout_logprobs is None:
-            raise ValueError(
-                f"rollout backend {cfg.rollout.backend!r} returned no log-probs; set "
-                f"algorithm.old_logprobs=recompute"
-            )
-        chosen = kept or [0]  # collectives need every process: one masked sample if none left
-        batch = self.prepare_batch(
-            [prompt_ids[index[i]] for i in chosen],
-            [out.completion_ids[i] for i in chosen],
-            advantages[mine][chosen] if kept else torch.zeros(1),
-            masked=not kept,
-            old_logprobs=None
-            if rollout_logprobs is None
-            else [rollout_logprobs[i] for i in chosen],
-        )
-        return batch, metrics, examples
 
     def prepare_batch(
         self,
@@ -370,50 +302,43 @@ class GRPOTrainer:
         masked: bool = False,
         old_logprobs: Sequence[Sequence[float]] | None = None,
     ) -> RolloutBatch:
-        """Returns a RolloutBatch with old (and reference) log-probs and the rule's bounds.
-
-        Both are computed here once, without gradient, from the current weights, which are the
-        weights that sampled the completions; every mini-batch update then reuses them.
-        ``masked`` zeroes the completion mask (a placeholder that contributes nothing).
-        ``old_logprobs`` (one value per completion token, from the sampler) replaces the forward
-        pass that would otherwise compute them.
-        """
-        batch = build_batch(
+        """Returns a RolloutBatch with old (and reference) log-probs and the rule's bounds,
+        from the current weights (``rl_trainer.rollout_step.prepare_batch``)."""
+        return prepare_batch(
             prompt_ids,
             completion_ids,
-            advantages,
-            pad_token_id=int(self.tokenizer.pad_token_id),
-            device=self.accelerator.device,
+            advantages,  # (N,)
+            model=self.model,
+            reference=self.reference,
+            rule=self.rule,
+            tokenizer=self.tokenizer,
+            accelerator=self.accelerator,
+            config=self.config,
+            masked=masked,
+            old_logprobs=old_logprobs,
         )
-        if masked:
-            batch.completion_mask.zero_()
-        if old_logprobs is None:
-            batch.old_logprobs = self._score(self.model, batch)  # (N, T)
-        else:
-            old = padded_logprobs(old_logprobs, batch.completion_ids.shape)  # (N, T)
-            batch.old_logprobs = old.to(batch.completion_ids.device)
-        if self.config.algorithm.kl_coef > 0:
-            if self.reference is not None:
-                batch.ref_logprobs = self._score(self.reference, batch)  # (N, T)
-            else:
-                with adapters_disabled(self.accelerator.unwrap_model(self.model)):
-                    batch.ref_logprobs = self._score(self.model, batch)  # (N, T)
-        # Padded positions get log-prob 0 (p = 1): a valid input for every rule, never used.
-        safe_old = batch.old_logprobs.masked_fill(batch.completion_mask == 0, 0.0)  # (N, T)
-        batch.lower, batch.upper = (b.detach() for b in self.rule.bounds(safe_old))  # (N, T)
-        return batch
 
     # ------------------------------------------------------------------ update
 
-    def _normalizer(self, batch: RolloutBatch) -> float:
-        mask = batch.completion_mask  # (N, T)
-        sums = self._reduce(
-            {"tokens": float(mask.sum()), "sequences": float((mask.sum(-1) > 0).sum())}
+    def _update(self, batch: RolloutBatch) -> dict[str, float]:
+        """One optimiser step on a mini-batch; returns its token-weighted metrics."""
+        result = optimizer_step(
+            self.model,
+            batch,
+            accelerator=self.accelerator,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            backend=self.backend,
+            rule=self.rule,
+            config=self.config,
+            accumulation_steps=self.accumulation_steps,
+            # Looked up here at call time, so tests can patch ``rl_trainer.trainer``'s name.
+            loss_fn=micro_batch_loss,
         )
-        return sums["tokens" if self.config.algorithm.aggregation == "token-mean" else "sequences"]
-
-    def _skip_nonfinite(self) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
+        if result is not None:
+            if result:  # {}: a mini-batch without tokens neither resets nor counts
+                self.consecutive_nonfinite = 0
+            return result
         self.consecutive_nonfinite += 1
         self.nonfinite_steps += 1
         logger.warning(
@@ -430,59 +355,6 @@ class GRPOTrainer:
             )
         return {"nonfinite": 1.0}
 
-    def _update(self, batch: RolloutBatch) -> dict[str, float]:
-        """One optimiser step on a mini-batch; returns its token-weighted metrics."""
-        acc = self.accelerator
-        cfg = self.config
-        normalizer = self._normalizer(batch)
-        if normalizer == 0:
-            return {}
-        # The loss of each micro-batch is its share of the global aggregate; accelerate divides
-        # by the accumulation steps and data parallelism averages over processes, so scale back.
-        scale = acc.num_processes * self.accumulation_steps
-        sums: dict[str, float] = {}
-        total_tokens = 0.0
-        loss_sum = 0.0
-        nonfinite = 0.0
-        for micro in micro_batches(batch, cfg.optim.micro_batch_size, self.accumulation_steps):
-            with acc.accumulate(self.model):
-                loss, metrics, tokens = micro_batch_loss(
-                    self.model,
-                    micro,
-                    rule=self.rule,
-                    algorithm=cfg.algorithm,
-                    normalizer=normalizer,
-                    temperature=cfg.rollout.temperature,
-                    horizon=cfg.algorithm.loss_horizon or cfg.rollout.max_new_tokens,
-                )
-                if not torch.isfinite(loss.detach()):
-                    nonfinite = 1.0
-                acc.backward(loss * scale)
-                loss_sum += float(loss.detach())
-                if tokens:
-                    total_tokens += tokens
-                    for key, value in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + value * tokens
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = cfg.optim.max_grad_norm
-        grad_norm = acc.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        grad_norm_value = float(grad_norm) if grad_norm is not None else math.nan
-        bad_grad = 0.0 if math.isfinite(grad_norm_value) or grad_norm is None else 1.0
-        flags = self._reduce({"nonfinite_loss": nonfinite, "nonfinite_grad": bad_grad})
-        if flags["nonfinite_loss"] or flags["nonfinite_grad"]:
-            return self._skip_nonfinite()
-        self.consecutive_nonfinite = 0
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.backend.sync_weights()
-        # "tokens" cannot clash with a metric name: those come from micro_batch_loss.
-        totals = self._reduce({**sums, "tokens": total_tokens})
-        out = {k: totals[k] / max(totals["tokens"], 1.0) for k in sums}
-        out["loss"] = self._reduce({"loss": loss_sum})["loss"]
-        out["grad_norm"] = grad_norm_value
-        return out
-
     def update(self, batch: RolloutBatch, max_updates: int | None = None) -> dict[str, float]:
         """Runs ``ppo_epochs`` x ``mini_batches`` optimiser steps on ``batch`` (at most
         ``max_updates`` of them, fewer when a callback stops training); returns their means.
@@ -490,36 +362,24 @@ class GRPOTrainer:
         Each optimiser step's own metrics are kept in ``self.last_updates`` (one dict per step,
         in order) and handed to the callbacks' ``on_step_end``.
         """
-        cfg = self.config.algorithm
-        collected: dict[str, list[float]] = {}
         self.last_updates = []
-        budget = cfg.ppo_epochs * cfg.mini_batches if max_updates is None else max_updates
-        generator = torch.Generator().manual_seed(
-            self.config.optim.seed * 1_000_003 + self.step * 101 + self.accelerator.process_index
+
+        def after_step(result: dict[str, float]) -> bool:
+            self.last_updates.append(result)
+            self.state.update = len(self.last_updates)
+            self.callback_handler.call("on_step_end", self, metrics=result)
+            return self.control.should_training_stop
+
+        seed = self.config.optim.seed * 1_000_003 + self.step * 101 + self.accelerator.process_index
+        return run_updates(
+            batch,
+            ppo_epochs=self.config.algorithm.ppo_epochs,
+            mini_batches=self.config.algorithm.mini_batches,
+            generator=torch.Generator().manual_seed(seed),
+            step=self._update,
+            after_step=after_step,
+            max_updates=max_updates,
         )
-        stop = False
-        for _ in range(cfg.ppo_epochs):
-            if stop:
-                break
-            order = torch.randperm(len(batch), generator=generator).to(batch.input_ids.device)
-            for chunk in torch.tensor_split(order, cfg.mini_batches):
-                mini = batch.select(chunk) if len(chunk) else batch.select(order[:1])
-                if not len(chunk):
-                    mini.completion_mask = torch.zeros_like(mini.completion_mask)
-                if len(self.last_updates) >= budget:
-                    break
-                result = self._update(mini)
-                self.last_updates.append(result)
-                for key, value in result.items():
-                    collected.setdefault(key, []).append(value)
-                self.state.update = len(self.last_updates)
-                self.callback_handler.call("on_step_end", self, metrics=result)
-                if self.control.should_training_stop:
-                    stop = True
-                    break
-        out = {k: sum(v) / len(v) for k, v in collected.items() if k != "nonfinite"}
-        out["nonfinite_updates"] = float(sum(collected.get("nonfinite", [])))
-        return out
 
     # ------------------------------------------------------------------ the loop
 
