@@ -255,11 +255,6 @@ class GRPOTrainer:
         """The callbacks, in the order their hooks run."""
         return self.callback_handler.callbacks
 
-    # ------------------------------------------------------------------ collectives
-
-    def _reduce(self, values: Mapping[str, float]) -> dict[str, float]:
-        return reduce_scalars(values, self.accelerator)
-
     # ------------------------------------------------------------------ rollout
 
     def sampling_params(self) -> SamplingParams:
@@ -401,7 +396,8 @@ class GRPOTrainer:
             update_start = time.perf_counter()
             metrics.update(self.update(batch, max_updates))
             metrics["time/update_s"] = time.perf_counter() - update_start
-            tokens = self._reduce({"tokens": float(batch.attention_mask.sum())})["tokens"]
+            local = {"tokens": float(batch.attention_mask.sum())}
+            tokens = reduce_scalars(local, self.accelerator)["tokens"]
             metrics["tokens_per_s"] = (
                 tokens * self.config.algorithm.ppo_epochs / (time.perf_counter() - start)
             )
