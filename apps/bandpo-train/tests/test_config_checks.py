@@ -18,7 +18,7 @@ from bandpo_train import study
 from bandpo_train.cli import main
 from bandpo_train.config import check_config, load_app_config
 from bandpo_train.run import train
-from rl_trainer.config_io import ConfigError
+from config_layers import ConfigError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 MARKER = "already-here.txt"
@@ -62,52 +62,52 @@ BAD = {
     "rule": (["algorithm.rule=bandd"], ("algorithm", "rule"), "did you mean 'band'?"),
     "divergence": (
         ["algorithm.rule_params.divergence=kll"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "divergence"),
         "unknown divergence 'kll'; valid names: chi2, hellinger, js, kl,",
     ),
     "divergence_hint": (
         ["algorithm.rule_params.divergence=kll"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "divergence"),
         "did you mean 'kl'?",
     ),
     "delta_zero": (
         ["algorithm.rule_params.delta=0"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "delta"),
         "delta must be a positive finite number, got 0",
     ),
     "delta_negative": (
         ["algorithm.rule_params.delta=-0.05"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "delta"),
         "delta must be a positive finite number, got -0.05",
     ),
     "max_ratio": (
         ["algorithm.rule_params.max_ratio=0.5"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "max_ratio"),
         "max_ratio must be >= 1",
     ),
     "band_unknown_param": (
         ["algorithm.rule_params.eps=0.2"],
-        ("algorithm", "rule_params"),
-        "unexpected keyword argument 'eps'",
+        ("algorithm", "rule_params", "eps"),
+        "clipping rule 'band': unknown key for Band; valid keys: divergence, delta, max_ratio",
     ),
     "ppo_eps": (
         ["algorithm.rule=ppo", "algorithm.rule_params={eps: 1.5}"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "eps"),
         "clipping rule 'ppo': eps must be in [0, 1.0), got 1.5",
     ),
     "clip_higher_eps_low": (
         ["algorithm.rule=clip_higher", "algorithm.rule_params={eps_low: -0.1}"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "eps_low"),
         "eps_low must be in [0, 1.0), got -0.1",
     ),
     "clip_higher_eps_high": (
         ["algorithm.rule=clip_higher", "algorithm.rule_params={eps_high: -0.1}"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "eps_high"),
         "eps_high must be in [0, inf), got -0.1",
     ),
     "dcpo_eps": (
         ["algorithm.rule=dcpo", "algorithm.rule_params={eps_low: .nan}"],
-        ("algorithm", "rule_params"),
+        ("algorithm", "rule_params", "eps_low"),
         "eps_low must be in [0, inf), got nan",
     ),
     "reward": (
@@ -193,7 +193,7 @@ def test_bad_value_in_a_file_names_the_line(tmp_path) -> None:
     file.write_text("max_steps: 8\nalgorithm:\n  rule: band\n  rule_params: {delta: -1}\n")
     with pytest.raises(ConfigError) as info:
         load_app_config(file)
-    assert str(info.value).startswith(f"{file}, line 4: algorithm.rule_params: ")
+    assert str(info.value).startswith(f"{file}, line 4: algorithm.rule_params.delta: ")
     assert "delta must be a positive finite number, got -1" in str(info.value)
 
 

@@ -106,3 +106,21 @@ def test_custom_rule_registration(monkeypatch):
     assert band_ops.get_rule("fixed").bounds(OLD)[1].max().item() == 3.0
     with pytest.raises(ValueError, match="already registered"):
         band_ops.register_rule("fixed")(Fixed)
+
+
+def test_rule_class_returns_the_registered_class_and_names_the_valid_ones() -> None:
+    import band_ops
+
+    assert band_ops.rule_class("band") is band_ops.Band
+    with pytest.raises(ValueError, match="unknown clipping rule 'bandd'; valid names: band,"):
+        band_ops.rule_class("bandd")
+
+
+def test_the_rule_name_is_not_a_constructor_parameter() -> None:
+    import band_ops
+
+    assert band_ops.PPO().name == "ppo" and band_ops.Band(delta=0.1).name == "band"
+    with pytest.raises(TypeError):
+        band_ops.PPO(name="other")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="bad parameters for clipping rule 'dcpo'"):
+        band_ops.get_rule("dcpo", eps_lo=0.1)

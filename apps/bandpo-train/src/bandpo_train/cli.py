@@ -29,32 +29,6 @@ max_steps (optimiser steps).
 """
 
 
-def _split(argv: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
-    config = preset = None
-    rest: list[str] = []
-    items = list(argv)
-    while items:
-        item = items.pop(0)
-        for flag in ("--config", "-c", "--preset"):
-            if item == flag or item.startswith(flag + "="):
-                if "=" in item and item.startswith("--"):
-                    value = item.split("=", 1)[1]
-                elif items:
-                    value = items.pop(0)
-                else:
-                    raise ValueError(f"{flag} needs a value")
-                if flag == "--preset":
-                    preset = value
-                else:
-                    config = value
-                break
-        else:
-            if item.startswith("-") or "=" not in item:
-                raise ValueError(f"unexpected argument {item!r}; expected key=value overrides")
-            rest.append(item)
-    return config, preset, rest
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bandpo-train`` console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -82,12 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return study_main(args[1:])
     from bandpo_train.config import load_app_config
+    from config_layers import parse_command_line
 
     try:
-        config_file, preset, overrides = _split(args)
+        line = parse_command_line(args)
         # Checked as a whole here, on every process of a launch, before the training stack is
         # imported and before anything is written.
-        config = load_app_config(config_file, overrides, preset=preset)
+        config = load_app_config(line.config, line.overrides, preset=line.preset)
         from bandpo_train.run import train
 
         summary = train(config)

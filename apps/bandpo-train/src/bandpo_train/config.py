@@ -12,18 +12,18 @@ that set it.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 import band_ops
+import config_layers
 from bandpo_train.tasks import TASKS, get_task
-from rl_trainer import config_io
+from config_layers import ConfigError, did_you_mean
+from rl_trainer import config as rl_config
 from rl_trainer.advantages import available_advantages, compute_advantages
 from rl_trainer.config import (
     AlgorithmConfig,
@@ -33,17 +33,8 @@ from rl_trainer.config import (
     RolloutConfig,
     TrainerConfig,
 )
-from rl_trainer.config_io import ConfigError
 from rl_trainer.rewards import RewardSpec, available_rewards, get_reward
 from rl_trainer.rollout import available_rollout_backends
-
-
-def did_you_mean(value: object, valid: Sequence[str]) -> str:
-    """Returns "; did you mean 'x'?" for the valid name closest to ``value``, else ""."""
-    if not isinstance(value, str) or value in valid:
-        return ""
-    close = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
@@ -234,22 +225,14 @@ def check_config(config: AppConfig) -> None:
 
 
 def _check_rule(algorithm: AlgorithmConfig) -> band_ops.ClippingRule:
-    """Returns the clipping rule built by band-ops from ``algorithm.rule`` and its parameters."""
-    name, params = algorithm.rule, algorithm.rule_params
+    """Returns the clipping rule band-ops builds from ``algorithm.rule`` and its parameters,
+    checked against the rule's typed fields first (again here, for parameters assigned after
+    loading, as the study does)."""
     try:
-        return band_ops.get_rule(name, **params)
-    # TypeError: a parameter called "name" clashes with get_rule's own argument.
-    except (ValueError, TypeError) as exc:
-        if name not in band_ops.available_rules():
-            hint = did_you_mean(name, band_ops.available_rules())
-            raise ConfigError(f"{exc}{hint}", ("algorithm", "rule")) from None
-        problem = str(exc)
-        divergence = params.get("divergence")
-        if isinstance(divergence, str) and repr(divergence) in problem:
-            problem += did_you_mean(divergence, band_ops.available_divergences())
-        if repr(name) not in problem:
-            problem = f"clipping rule {name!r}: {problem}"
-        raise ConfigError(problem, ("algorithm", "rule_params")) from None
+        rl_config.check_rule_params(algorithm.rule, algorithm.rule_params)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, ("algorithm", *exc.path)) from None
+    return band_ops.get_rule(algorithm.rule, **algorithm.rule_params)
 
 
 def _check_loss(algorithm: AlgorithmConfig, rule: band_ops.ClippingRule) -> None:
@@ -295,20 +278,17 @@ def _check_advantage(algorithm: AlgorithmConfig) -> None:
         raise ConfigError(str(exc), ("algorithm", "advantage_params")) from None
 
 
-PRESETS_PACKAGE = "bandpo_train.presets"
+PRESETS = config_layers.Presets("bandpo_train.presets")
 
 
 def available_presets() -> list[str]:
     """Returns the names of the shipped presets (YAML files in bandpo_train/presets)."""
-    root = resources.files(PRESETS_PACKAGE)
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return PRESETS.names()
 
 
 def preset_path(name: str) -> Path:
-    """Returns the file of preset ``name``."""
-    if name not in available_presets():
-        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(available_presets())}")
-    return Path(str(resources.files(PRESETS_PACKAGE) / f"{name}.yaml"))
+    """Returns the file of preset ``name`` (ConfigError with did-you-mean for another name)."""
+    return PRESETS.path(name)
 
 
 def load_app_config(
@@ -317,7 +297,6 @@ def load_app_config(
     """Returns the AppConfig from defaults <- preset <- file <- overrides, checked as a whole.
 
     Raises ConfigError (a ValueError) naming the bad key and the override or file line that set
-    it, FileNotFoundError for a missing file, ValueError for an unknown preset.
+    it (also for an unknown preset), FileNotFoundError for a missing file.
     """
-    bases = [preset_path(preset)] if preset is not None else []
-    return config_io.load_config(AppConfig, path, overrides, base_files=bases)
+    return config_layers.load_config(AppConfig, path, overrides, base_files=PRESETS.files(preset))

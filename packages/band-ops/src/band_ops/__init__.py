@@ -33,6 +33,7 @@ from band_ops.rules import (
     available_rules,
     get_rule,
     register_rule,
+    rule_class,
 )
 
 __version__ = _metadata.version("band-ops")
@@ -57,5 +58,6 @@ __all__ = [
     "register_aggregation",
     "register_divergence",
     "register_rule",
+    "rule_class",
     "rules",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -35,7 +35,11 @@ _RULES: dict[str, type] = {}
 
 
 def register_rule(name: str) -> Callable[[type[R]], type[R]]:
-    """Class decorator: registers a rule class under ``name`` (sets its ``name`` attribute)."""
+    """Class decorator: registers a rule class under ``name``.
+
+    The class is expected to give its instances ``name`` (the built-in rules declare it as a
+    dataclass field with ``init=False``, so it is not a parameter).
+    """
 
     def _register(cls: type[R]) -> type[R]:
         if name in _RULES:
@@ -51,14 +55,23 @@ def available_rules() -> list[str]:
     return sorted(_RULES)
 
 
-def get_rule(name: str, **params: Any) -> ClippingRule:
-    """Returns a new rule ``name`` built with ``params``; the error lists the valid names."""
+def rule_class(name: str) -> type:
+    """Returns the class registered as rule ``name``; the ValueError lists the valid names.
+
+    Configurations use it to check a rule's parameters before anything is built: the built-in
+    rules are dataclasses whose fields (other than ``name``) are the parameters.
+    """
     try:
-        cls = _RULES[name]
+        return _RULES[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown clipping rule {name!r}; valid names: {', '.join(available_rules())}"
         ) from None
+
+
+def get_rule(name: str, **params: Any) -> ClippingRule:
+    """Returns a new rule ``name`` built with ``params``; the error lists the valid names."""
+    cls = rule_class(name)
     try:
         rule: ClippingRule = cls(**params)
     except TypeError as exc:
@@ -97,7 +110,8 @@ class PPO:
     """PPO's symmetric clip: r in [1 - eps, 1 + eps] for every token (Schulman et al., 2017)."""
 
     eps: float = 0.2
-    name: str = "ppo"
+    # Set by the registry name, not a parameter (so configs cannot disagree with it).
+    name: str = field(default="ppo", init=False)
 
     def __post_init__(self) -> None:
         _check_eps("eps", self.eps, 1.0)
@@ -114,7 +128,7 @@ class ClipHigher:
 
     eps_low: float = 0.2
     eps_high: float = 0.28
-    name: str = "clip_higher"
+    name: str = field(default="clip_higher", init=False)
 
     def __post_init__(self) -> None:
         _check_eps("eps_low", self.eps_low, 1.0)
@@ -133,7 +147,7 @@ class Band:
     divergence: str = "kl"
     delta: float = 0.05
     max_ratio: float | None = 10.0
-    name: str = "band"
+    name: str = field(default="band", init=False)
 
     def __post_init__(self) -> None:
         get_divergence(self.divergence)  # fail at construction on an unknown name
@@ -159,7 +173,7 @@ class DCPO:
     eps_low: float = 0.16
     eps_high: float = 0.2
     max_ratio: float | None = 10.0
-    name: str = "dcpo"
+    name: str = field(default="dcpo", init=False)
 
     def __post_init__(self) -> None:
         _check_eps("eps_low", self.eps_low)

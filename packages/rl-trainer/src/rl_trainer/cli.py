@@ -13,9 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import yaml
-
-from rl_trainer import config_io
+import config_layers
 from rl_trainer.config import TrainerConfig, load_config
 
 USAGE = """usage: rl-trainer {train,evaluate,config} [--config FILE] [key=value ...]
@@ -64,7 +62,7 @@ HELP_FLAGS = ("-h", "--help")
 
 
 def _load(argv: Sequence[str]) -> TrainerConfig:
-    path, overrides = config_io.split_cli_args(argv)
+    path, overrides = config_layers.split_cli_args(argv)
     return load_config(path, overrides)
 
 
@@ -99,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rl-trainer: {err}", file=sys.stderr)
         return 2
     if command == "config":
-        print(yaml.safe_dump(config_io.to_dict(config), sort_keys=False), end="")
+        print(config_layers.to_yaml(config), end="")
         return 0
 
     from rl_trainer.trainer import GRPOTrainer

@@ -8,13 +8,16 @@ or the number of processes run when the trainer starts (``GRPOTrainer.__init__``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rl_trainer import config_io
+import band_ops
+import config_layers
+from config_layers import ConfigError
 from rl_trainer.rewards import RewardSpec
 from rl_trainer.tracking import KNOWN_TRACKERS
 
@@ -128,7 +131,8 @@ def _default_rewards() -> list[RewardSpec]:
 class AlgorithmConfig:
     """The RL algorithm: clipping rule, aggregation, advantages, update schedule, extra terms."""
 
-    # A band_ops rule name (band, ppo, clip_higher, dcpo, ...) and its parameters.
+    # A band_ops rule name (band, ppo, clip_higher, dcpo, ...) and its parameters, checked
+    # against the rule's own typed fields when the configuration loads.
     rule: str = "band"
     rule_params: dict[str, Any] = field(default_factory=dict)
     aggregation: str = "token-mean"
@@ -162,6 +166,49 @@ class AlgorithmConfig:
             _positive("algorithm.loss_horizon", self.loss_horizon)
         if not self.rewards:
             raise ValueError("algorithm.rewards must list at least one reward function")
+        check_rule_params(self.rule, self.rule_params)
+
+
+def check_rule_params(rule: str, params: dict[str, Any]) -> None:
+    """Raises ConfigError (path ``rule`` or ``rule_params.<key>``) unless band-ops' rule ``rule``
+    takes ``params``: the built-in rules are dataclasses, so each parameter is checked against
+    its annotated type and the rule's own checks (a misspelt key or a negative ``delta`` fails
+    here, when the configuration loads). Rules registered as other classes are built once.
+    """
+    try:
+        cls = band_ops.rule_class(rule)
+    except ValueError as exc:
+        hint = config_layers.did_you_mean(rule, band_ops.available_rules())
+        raise ConfigError(f"{exc}{hint}", ("rule",)) from None
+    if "name" in params:
+        raise ConfigError(
+            f"the rule is chosen by algorithm.rule ({rule!r}), not by a parameter",
+            ("rule_params", "name"),
+        )
+    try:
+        if dataclasses.is_dataclass(cls):
+            config_layers.from_dict(cls, params)
+        else:
+            band_ops.get_rule(rule, **params)
+    except ConfigError as exc:
+        path, problem = exc.path, exc.problem
+        if not path:
+            path = _parameter_named_in(problem, params)
+        divergence = params.get("divergence")
+        if isinstance(divergence, str) and repr(divergence) in problem:
+            problem += config_layers.did_you_mean(divergence, band_ops.available_divergences())
+        raise ConfigError(f"clipping rule {rule!r}: {problem}", ("rule_params", *path)) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"clipping rule {rule!r}: {exc}", ("rule_params",)) from None
+
+
+def _parameter_named_in(problem: str, params: dict[str, Any]) -> tuple[str, ...]:
+    """Returns ``(key,)`` for the one parameter a rule's own check names ("delta must be ...",
+    "unknown divergence 'kll'"), so the error points at that key's line; else ``()``."""
+    named = [key for key in params if problem.startswith(f"{key} ")]
+    if not named:
+        named = [k for k, v in params.items() if isinstance(v, str) and repr(v) in problem]
+    return (named[0],) if len(named) == 1 else ()
 
 
 @dataclass
@@ -289,5 +336,6 @@ class TrainerConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainerConfig:
-    """Returns the TrainerConfig from defaults <- YAML file ``path`` <- ``key=value`` overrides."""
-    return config_io.load_config(TrainerConfig, path, overrides)
+    """Returns the TrainerConfig from defaults <- YAML file ``path`` <- ``key=value`` overrides
+    (``config_layers.load_config``: errors name the file line or override at fault)."""
+    return config_layers.load_config(TrainerConfig, path, overrides)

@@ -36,6 +36,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import band_ops
+import config_layers
 from rl_trainer import checkpoint as ckpt
 from rl_trainer import config_io
 from rl_trainer.advantages import get_advantage
@@ -469,7 +470,7 @@ class GRPOTrainer:
         acc = self.accelerator
         if acc.log_with and not acc.trackers:
             acc.init_trackers(
-                self.config.logging.project, config=flat_config(config_io.to_dict(self.config))
+                self.config.logging.project, config=flat_config(config_layers.to_dict(self.config))
             )
 
     def _finish_trackers(self) -> None:
