@@ -271,6 +271,20 @@ with torch.no_grad():
 assert out.shape == (1, 7), out.shape
 print("e2capsnet_small forward", tuple(out.shape))
 """,
+    "config-layers": """
+from dataclasses import dataclass
+from config_layers import ConfigError, load_config
+@dataclass
+class Run:
+    lr: float = 1e-3
+assert load_config(Run, None, ["lr=2e-5"]) == Run(lr=2e-5)
+try:
+    load_config(Run, None, ["lrr=1"])
+except ConfigError as exc:
+    print("config_layers ok:", exc)
+else:
+    raise AssertionError("an unknown key was accepted")
+""",
     "fer-images": """
 import cv2, numpy as np
 from fer_images import ImageTooLargeError, decode_rgb
@@ -292,12 +306,14 @@ print("fer_export ok", FERSession.__name__, ModelContract.__name__)
 # Distributions an install must bring / must not bring (normalised names). On top of these,
 # every installed distribution must be required by the member, directly or transitively.
 INSTALL_REQUIRED: dict[str, set[str]] = {
+    "config-layers": {"pydantic", "pyyaml"},
     "band-ops": {"torch"},
     "fer-images": {"numpy", "opencv-python-headless"},
     "fer-export": {"onnx", "numpy", "fer-images"},
     "fer-edge": {"fer-export", "fastapi", "uvicorn"},
 }
 INSTALL_FORBIDDEN: dict[str, set[str]] = {
+    "config-layers": {"torch", "numpy"},
     "band-ops": {"transformers", "accelerate", "peft"},
     "fer-images": {"torch", "onnxruntime", "onnxruntime-gpu"},
     "capsnet-model": {"onnxruntime", "onnxruntime-gpu", "transformers"},

@@ -75,20 +75,22 @@ RULES: dict[str, Rule] = {
         extras={"trl": frozenset({"trl"})},
         extra_modules={"trl": ("band_ops.trl",)},
     ),
+    # Configuration: plain dataclasses validated by pydantic, YAML files and overrides.
+    "config-layers": Rule(runtime=frozenset({"pydantic", "pyyaml"})),
     "rl-trainer": Rule(
-        # pyyaml (config files), tqdm (progress bar) and tokenizers (local character tokenizers)
+        # tqdm (progress bar) and tokenizers (local character tokenizers)
         # are already required by transformers;
         # declaring them keeps the imports honest without adding an install.
         runtime=frozenset(
             {
                 "band-ops",
+                "config-layers",
                 "torch",
                 "transformers",
                 "accelerate",
                 "peft",
                 "safetensors",
                 "datasets",
-                "pyyaml",
                 "tqdm",
                 "tokenizers",
             }
@@ -100,7 +102,16 @@ RULES: dict[str, Rule] = {
     # safetensors: checkpoints (ARCHITECTURE.md conventions); tqdm: the training progress bar.
     "capsnet-model": Rule(
         runtime=frozenset(
-            {"torch", "numpy", "albumentations", *OPENCV, "safetensors", "tqdm", "fer-images"}
+            {
+                "torch",
+                "numpy",
+                "albumentations",
+                *OPENCV,
+                "safetensors",
+                "tqdm",
+                "fer-images",
+                "config-layers",
+            }
         )
     ),
     "fer-export": Rule(

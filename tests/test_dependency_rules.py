@@ -7,11 +7,12 @@ The table lives in ``RULES`` (tests/dependency_rules.py) and must match ARCHITEC
 =====================  =====================================================================
 band-ops               torch
 band-ops[trl]          + trl (the adapter module band_ops.trl only)
-rl-trainer             band-ops, torch, transformers, accelerate, peft, safetensors, datasets
-                       (+ pyyaml, tqdm, tokenizers: already brought by transformers)
+config-layers          pydantic, pyyaml
+rl-trainer             band-ops, config-layers, torch, transformers, accelerate, peft,
+                       safetensors, datasets (+ tqdm, tokenizers: already brought by transformers)
 rl-trainer[math]       + math-verify (imported lazily)
 fer-images            numpy, opencv
-capsnet-model          torch, numpy, albumentations, opencv, fer-images
+capsnet-model          torch, numpy, albumentations, opencv, fer-images, config-layers
 fer-export (runtime)   onnxruntime / onnxruntime-gpu, onnx, numpy, opencv, fer-images
 fer-export[export]     + torch, onnxscript, capsnet-model
 apps                   anything they declare
@@ -89,7 +90,15 @@ def test_member_follows_dependency_rules(member: Member) -> None:
 
 
 def test_rules_cover_design_table() -> None:
-    assert set(RULES) == {"band-ops", "rl-trainer", "fer-images", "capsnet-model", "fer-export"}
+    assert set(RULES) == {
+        "band-ops",
+        "config-layers",
+        "rl-trainer",
+        "fer-images",
+        "capsnet-model",
+        "fer-export",
+    }
+    assert "torch" not in RULES["config-layers"].allowed
     assert RULES["band-ops"].runtime == {"torch"}
     assert RULES["band-ops"].allowed == {"torch", "trl"}
     assert "torch" not in RULES["fer-images"].allowed

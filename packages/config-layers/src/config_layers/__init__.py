@@ -17,18 +17,21 @@ configuration files shipped in a package.
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from config_layers.cli import CommandLine, parse_command_line, split_cli_args
 from config_layers.errors import ConfigError, did_you_mean
 from config_layers.presets import Presets
 from config_layers.sources import load_config, merge, parse_overrides, read_yaml, to_yaml
 from config_layers.validate import from_dict, to_dict
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("config-layers")
 
 __all__ = [
     "CommandLine",
     "ConfigError",
     "Presets",
+    "__version__",
     "did_you_mean",
     "from_dict",
     "load_config",

@@ -21,7 +21,6 @@ from pathlib import PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import pydantic
-from pydantic_core import ErrorDetails
 
 from config_layers.errors import (
     NONE_TYPE,
@@ -35,6 +34,7 @@ from config_layers.errors import (
 )
 
 T = TypeVar("T")
+_Error = Mapping[str, Any]  # one of pydantic's ValidationError.errors()
 
 _VALUE = "value"  # the one field of the wrapper model that carries the configuration
 _UNKNOWN_KEY = frozenset({"unexpected_keyword_argument", "extra_forbidden"})
@@ -160,12 +160,12 @@ def _jsonable(value: Any, path: KeyPath) -> Any:
 # pydantic errors -> one ConfigError
 
 
-def _translate(cls: type, errors: Sequence[ErrorDetails]) -> ConfigError:
+def _translate(cls: type, errors: Sequence[_Error]) -> ConfigError:
     """Returns the ConfigError for the most telling of pydantic's ``errors`` (unknown keys
     first, then missing fields, then the first value error, in document order)."""
     located = [(_strip(error["loc"]), error) for error in errors]
 
-    def rank(item: tuple[KeyPath, ErrorDetails]) -> int:
+    def rank(item: tuple[KeyPath, _Error]) -> int:
         kind = item[1]["type"]
         return 0 if kind in _UNKNOWN_KEY else 1 if kind == "missing" else 2
 
@@ -264,7 +264,7 @@ def _unknown_key(cls: type, loc: KeyPath) -> ConfigError:
     return ConfigError(f"unknown key for {klass.__name__}{hint}; valid keys: {listing}", loc)
 
 
-def _missing(cls: type, loc: KeyPath, siblings: list[KeyPath], error: ErrorDetails) -> ConfigError:
+def _missing(cls: type, loc: KeyPath, siblings: list[KeyPath], error: _Error) -> ConfigError:
     """Returns the error for required fields (or tuple items) that the data leaves out."""
     parent, parent_loc = _annotation_at(cls, loc[:-1])
     if get_origin(parent) is tuple:
