@@ -14,7 +14,7 @@ from bandpo_train.config import AppConfig, run_rewards
 from bandpo_train.tasks import get_task
 from bandpo_train.warm_start import warm_start
 from config_layers import ConfigError
-from rl_trainer._io import atomic_write_text
+from rl_trainer import atomic_write_text
 from rl_trainer.data import load_prompt_dataset, tokenize_prompts
 from rl_trainer.models import apply_lora
 from rl_trainer.tiny import build_char_tokenizer, build_tiny_model

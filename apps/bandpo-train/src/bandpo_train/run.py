@@ -18,7 +18,7 @@ from accelerate import PartialState
 from bandpo_train.config import AppConfig, check_config
 from bandpo_train.embedded import check_embedded, prepare_embedded
 from bandpo_train.versions import versions
-from rl_trainer._io import atomic_write_text
+from rl_trainer import atomic_write_text
 from rl_trainer.callbacks import (
     MetricsFileCallback,
     ProgressCallback,

@@ -5,6 +5,8 @@ Main entry points:
 - ``load_config(path, overrides)`` -> ``TrainerConfig`` (YAML + ``key=value`` overrides).
 - ``GRPOTrainer(config).train()``: rollout, rewards, group advantages, clipped updates,
   metrics, checkpoints; runs unchanged under ``accelerate launch`` (DDP, FSDP, DeepSpeed).
+- ``atomic_write_text`` / ``atomic_write_bytes``: whole-file writes that readers never see
+  half done (temporary file, fsync, rename; the mode a plain ``open()`` gives).
 - Registries: rewards (``register_reward``), advantage estimators (``register_advantage``),
   rollout backends (``register_rollout_backend``); clipping rules come from ``band_ops``.
 """
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 # ``import rl_trainer.config_io`` -- what an app needs to validate its configuration and exit
 # on a bad one -- does not load transformers, accelerate and the trainer first.
 _EXPORTS = {
+    "atomic_write_bytes": "_io",
+    "atomic_write_text": "_io",
     "available_advantages": "advantages",
     "compute_advantages": "advantages",
     "register_advantage": "advantages",
@@ -46,6 +50,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from rl_trainer._io import atomic_write_bytes, atomic_write_text
     from rl_trainer.advantages import (
         available_advantages,
         compute_advantages,
@@ -86,6 +91,8 @@ __all__ = [
     "TrainerConfig",
     "TrainerControl",
     "TrainerState",
+    "atomic_write_bytes",
+    "atomic_write_text",
     "available_advantages",
     "available_rewards",
     "available_rollout_backends",
