@@ -378,8 +378,10 @@ def test_augment_config_from_dict() -> None:
     config = augment_config_from_dict({"flip": 0.2, "scale": [0.8, 1.2]})
     assert config == AugmentConfig(flip=0.2, scale=(0.8, 1.2))
     assert config is not None and isinstance(config.scale, tuple)
-    with pytest.raises(ValueError, match=r"unknown augment keys \['flipp'\].*valid: .*flip"):
+    with pytest.raises(ValueError, match=r"^flipp: unknown key .*did you mean 'flip'.*valid keys"):
         augment_config_from_dict({"flipp": 0.5})
+    with pytest.raises(ValueError, match=r"^flip: expected float, got '0\.5' \(str\)"):
+        augment_config_from_dict({"flip": "0.5"})
 
 
 # --- landmark_attention_map ---------------------------------------------------------------

@@ -15,8 +15,8 @@ order it is read in, on the number of data-loader workers, or on whether a run w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import cv2
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import config_layers
 from capsnet_model.attention import landmark_attention_map, template_attention_map
 from capsnet_model.augment import AugmentConfig, JointAugment
 
@@ -265,14 +266,13 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
-def augment_config_from_dict(data: dict[str, Any] | None) -> AugmentConfig | None:
-    """``None`` -> no augmentation; a dict -> :class:`AugmentConfig` (unknown keys rejected)."""
+def augment_config_from_dict(data: Mapping[str, Any] | None) -> AugmentConfig | None:
+    """Returns None for None (no augmentation), else the :class:`AugmentConfig` of ``data``.
+
+    Checked strictly like every config (:func:`config_layers.from_dict`): ints are accepted
+    for floats and lists for tuples, nothing else is converted; an unknown key or a bad value
+    raises :class:`config_layers.ConfigError` (a ``ValueError``) naming the key.
+    """
     if data is None:
         return None
-    valid = set(asdict(AugmentConfig()))
-    unknown = set(data) - valid
-    if unknown:
-        valid_keys = ", ".join(sorted(valid))
-        raise ValueError(f"unknown augment keys {sorted(unknown)}; valid: {valid_keys}")
-    kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return AugmentConfig(**kw)
+    return config_layers.from_dict(AugmentConfig, data)

@@ -28,7 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+import config_layers
 from capsnet_model._distributed import Dist, pick_device, setup_distributed
 from capsnet_model.augment import AugmentConfig
 from capsnet_model.capsules import margin_loss
@@ -50,7 +51,6 @@ from capsnet_model.data import (
     FaceTensors,
     Landmarks,
     Preprocess,
-    augment_config_from_dict,
     dataset_labels,
     stratified_split,
 )
@@ -58,6 +58,7 @@ from capsnet_model.datasets import EXPRESSIONS
 from capsnet_model.evaluation import Evaluation, confusion_matrix
 from capsnet_model.registry import create_model
 from capsnet_model.run_dir import RunDirectory, TrainState
+from config_layers import ConfigError, did_you_mean
 
 Schedule = Literal["cosine", "step", "none"]
 LossName = Literal["auto", "margin", "cross_entropy"]
@@ -121,41 +122,40 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # from_dict has checked the types and choices already; these checks also guard direct
+        # construction. Each error names its field, so a file's line or an override is blamed.
         for key, valid in _CHOICES.items():
-            if getattr(self, key) not in valid:
-                raise ValueError(
-                    f"{key} must be one of {', '.join(valid)}; got {getattr(self, key)!r}"
-                )
-        positive = ("epochs", "batch_size", "eval_batch_size", "step_epochs")
-        for key in positive:
-            if int(getattr(self, key)) <= 0:
-                raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
+            value = getattr(self, key)
+            if value not in valid:
+                choices = ", ".join(repr(choice) for choice in valid)
+                hint = did_you_mean(value, valid)
+                raise ConfigError(f"expected one of {choices}, got {value!r}{hint}", (key,))
+        for key in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"must be positive, got {getattr(self, key)!r}", (key,))
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+            raise ConfigError(f"must be positive, got {self.lr!r}", ("lr",))
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.patience < 0 or self.num_workers < 0:
-            raise ValueError("patience and num_workers must be >= 0")
+            raise ConfigError(f"must be in [0, 1), got {self.val_fraction!r}", ("val_fraction",))
+        for key in ("patience", "num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, key)!r}", (key,))
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["augment"] = None if self.augment is None else asdict(self.augment)
-        return out
+        """Returns the settings as plain JSON/YAML data (tuples as lists, ``augment`` a dict or
+        None) that :meth:`from_dict` reads back equal; ``config.json`` of a run holds it."""
+        return config_layers.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from plain values (JSON/YAML); unknown keys are an error naming the valid."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ValueError(f"unknown training keys {unknown}; valid: {', '.join(sorted(valid))}")
-        kw = dict(data)
-        if "augment" in kw and not isinstance(kw["augment"], AugmentConfig):
-            kw["augment"] = augment_config_from_dict(kw["augment"])
-        for key in ("mean", "std", "betas"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
+        """Returns the config built from plain values (JSON/YAML), checked strictly.
+
+        Ints are accepted for floats and lists for tuples; nothing else is converted (``'3'``
+        is not an int). Raises :class:`config_layers.ConfigError` (a ``ValueError``) naming
+        the dotted key, e.g. ``augment.flipp: unknown key for AugmentConfig (did you mean
+        'flip'?)`` or ``epochs: must be positive, got 0``.
+        """
+        return config_layers.from_dict(cls, data)
 
 
 @dataclass
