@@ -129,14 +129,22 @@ def test_finished_run_without_resume_is_refused(tiny_run: Path, capsys: Any) -> 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["train.epochs=zero"], "train.epochs"),
-        (["train.epoch=2"], "did you mean train.epochs"),
+        (["train.epochs=zero"], "train.epochs: expected int, got 'zero' (str)"),
+        (
+            ["train.epochs='3'"],
+            "override \"train.epochs='3'\": train.epochs: expected int, got '3'",
+        ),
+        (["train.epoch=2"], "train.epoch: unknown key for TrainConfig (did you mean 'epochs'?)"),
+        (["data.kind=rafbd"], "data.kind: expected one of"),
+        (["--preset", "rafdb", "preset=fer2013"], "the preset is given twice"),
         (["--preset", "rafdb"], "set data.root=/path/to/RAF-DB"),
         (["preset=fer2013", "data.root=/nonexistent/fer"], "set data.root=/path/to/FER2013"),
         (["--preset", "nope"], "unknown preset"),
         (["export.int8=true", "export.calib=/nonexistent/faces"], "export.calib"),
         (["--config", "/nonexistent.yaml"], "config file not found"),
-        (["stray"], "unexpected argument"),
+        (["stray"], "unrecognised argument 'stray'"),
+        (["--verbose"], "unrecognised argument '--verbose'"),
+        (["--preset"], "--preset needs a preset name"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(
@@ -147,6 +155,25 @@ def test_user_errors_exit_2_with_one_line(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], captured.err
     assert "Traceback" not in captured.err
+
+
+def test_a_bad_value_in_a_config_file_exits_2_naming_its_line(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\ntrain:\n  epochs: '3'\n")
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fer-train: {path}, line 3: train.epochs: expected int, got '3' (str)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_written_config_yaml_reruns_the_same_configuration(tiny_run: Path) -> None:
+    """config.yaml is the resolved configuration: ``--config`` reads it back equal."""
+    from fer_train.config import load_app_config
+
+    resolved = load_app_config(
+        None, [f"output_dir={tiny_run}", *TINY, "export.fp16=true", "export.int8=true"]
+    )
+    assert load_app_config(tiny_run / "config.yaml") == resolved
 
 
 def test_help_and_presets(capsys: Any) -> None:

@@ -9,10 +9,8 @@ accelerate launch --multi_gpu --num_processes 2 -m fer_train output_dir=runs/ddp
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 USAGE = """usage: fer-train [--config FILE] [--preset NAME] [key=value ...]
        fer-train presets
@@ -23,24 +21,8 @@ With no arguments: e2capsnet_small on synthetic faces, a few minutes on a CPU.
 Keys: data.* (kind, root, image_root, ...), train.* (capsnet-model TrainConfig: model, epochs,
 lr, batch_size, model_kwargs, augment, patience, ...), export.* (fp16, int8, calib, ...),
 output_dir, resume, plots, threads, preset. Values are YAML: train.model_kwargs={width: 0.25}.
+Values are strict (train.epochs='3' is refused); an error names the file line or override.
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ValueError(message)  # one line and exit status 2, like every user error
-
-
-def _split(argv: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
-    """(config file, preset, key=value overrides) from the command line."""
-    parser = _Parser(prog="fer-train", add_help=False, allow_abbrev=False)
-    parser.add_argument("--config", "-c", default=None)
-    parser.add_argument("--preset", default=None)
-    known, rest = parser.parse_known_args(list(argv))
-    for item in rest:
-        if item.startswith("-") or "=" not in item:
-            raise ValueError(f"unexpected argument {item!r}; expected key=value overrides")
-    return known.config, known.preset, rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,20 +37,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     if args and args[0] == "presets":
-        from fer_train.config import available_presets, preset_path
+        from fer_train.config import PRESETS
 
         print("presets (--preset NAME, then set data.root):")
-        for name in available_presets():
-            print(f"  {name:10s} {preset_path(name)}")
+        for name in PRESETS.names():
+            print(f"  {name:10s} {PRESETS.path(name)}")
         return 0
 
     from capsnet_model.datasets import DatasetError
+    from config_layers import parse_command_line
     from fer_train.config import load_app_config
     from fer_train.run import VerificationFailed, run
 
     try:
-        config_file, preset, overrides = _split(args)
-        config = load_app_config(config_file, overrides, preset=preset)
+        line = parse_command_line(args)
+        config = load_app_config(line.config, line.overrides, preset=line.preset)
         run(config)
     except VerificationFailed as err:
         print(f"fer-train: {err}", file=sys.stderr)

@@ -19,7 +19,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch.utils.data import DataLoader
 
 from capsnet_model._io import atomic_write_text
@@ -116,8 +115,9 @@ def run(cfg: AppConfig) -> dict[str, Any] | None:
     timings["data"] = time.perf_counter() - t
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        atomic_write_text(out / "config.yaml", text)
+        # config_layers' YAML form: quotes what its loader would misread, so --config reads it
+        # back equal.
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
         atomic_write_text(out / SKIPPED_FILE, skipped_csv(splits.skipped))
         log(
             f"data: {splits.name}, {len(dataset_labels(splits.train))} training and "
