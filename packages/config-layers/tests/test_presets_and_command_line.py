@@ -151,3 +151,29 @@ def test_unresolvable_annotation_is_a_type_error() -> None:
 
     with pytest.raises(TypeError, match="cannot resolve the annotations of"):
         from_dict(Broken, {})
+
+
+@dataclass
+class WithMapping:
+    kwargs: dict[str, int] = field(default_factory=lambda: {"a": 1})
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_colon_equals_replaces_a_mapping_whole(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("kwargs: {a: 5, c: 3}\n")
+    merged = load_config(WithMapping, None, ["kwargs={b: 2}"], base_files=[base])
+    assert merged.kwargs == {"a": 5, "c": 3, "b": 2}
+    replaced = load_config(WithMapping, None, ["kwargs:={b: 2}"], base_files=[base])
+    assert replaced.kwargs == {"b": 2}
+    # A replaced dataclass mapping starts from nothing: its fields take their defaults.
+    assert load_config(WithMapping, None, ["optim.steps=3", "optim:={lr: 0.5}"]).optim == Optim(
+        lr=0.5
+    )
+    assert load_config(WithMapping, None, ["optim.lr:=0.25"]).optim.lr == 0.25
+
+
+def test_colon_equals_errors_name_the_override() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(WithMapping, None, ["kwargs:={b: x}"])
+    assert str(info.value) == "override 'kwargs:={b: x}': kwargs.b: expected int, got 'x' (str)"

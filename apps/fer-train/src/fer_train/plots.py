@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
-from capsnet_model._io import atomic_write_bytes
+from capsnet_model import atomic_write_bytes
 
 PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("loss", (("train_loss", "train"), ("val_loss", "validation"))),

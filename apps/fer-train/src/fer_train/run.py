@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from capsnet_model._io import atomic_write_text
+from capsnet_model import atomic_write_text
 from capsnet_model.checkpoint import ModelInfo, read_info
 from capsnet_model.data import AttentionSource, FaceTensors, dataset_labels
 from capsnet_model.evaluation import Evaluation, confusion_matrix, predict

@@ -69,7 +69,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         raise TypeError(f"overrides must be a sequence of strings, not one string: {overrides!r}")
     result: dict[str, Any] = {}
     for item in overrides:
-        segments, value = _split_override(item)
+        segments, value, _ = _split_override(item)
         _assign(result, segments, value)
     return result
 
@@ -86,8 +86,9 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _split_override(item: str) -> tuple[KeyPath, Any]:
-    """Returns the key segments and the YAML-parsed value of one ``key.sub=value`` string."""
+def _split_override(item: str) -> tuple[KeyPath, Any, bool]:
+    """Returns the key segments and the YAML-parsed value of one ``key.sub=value`` string, and
+    whether it is a replacing ``key.sub:=value``."""
     if not isinstance(item, str):
         raise TypeError(f"an override must be a string, got {describe(item)}")
     key, sep, raw = item.partition("=")
@@ -95,7 +96,8 @@ def _split_override(item: str) -> tuple[KeyPath, Any]:
         raise ConfigError(
             f"expected an override of the form {_OVERRIDE_FORM} (e.g. optim.lr=1e-6), got {item!r}"
         )
-    segments = [segment.strip() for segment in key.split(".")]
+    replace = key.endswith(":")
+    segments = [segment.strip() for segment in key.removesuffix(":").split(".")]
     if not all(segments):
         raise ConfigError(
             f"override {item!r} has an empty key segment; expected the form {_OVERRIDE_FORM}"
@@ -104,14 +106,14 @@ def _split_override(item: str) -> tuple[KeyPath, Any]:
         int(s) if i > 0 and s.isascii() and s.isdigit() else s for i, s in enumerate(segments)
     )
     if not raw.strip():
-        return path, ""
+        return path, "", replace
     try:
         value = yaml.load(raw, Loader=_Loader)  # _Loader is a SafeLoader
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(
             f"cannot read the value of override {item!r} as YAML: {_yaml_problem(exc)}"
         ) from None
-    return path, value
+    return path, value, replace
 
 
 def _assign(root: dict[str, Any], segments: KeyPath, value: Any) -> None:
@@ -203,7 +205,9 @@ def load_config(
     ``base_files`` (e.g. a preset, see :class:`~config_layers.presets.Presets`) are merged in
     order between the defaults and ``path``. Each file must hold a mapping at the top level (an
     empty file sets nothing); overrides are ``key.sub=value`` strings applied in order (see
-    :func:`parse_overrides`). Raises ``FileNotFoundError`` for a missing file and
+    :func:`parse_overrides`): a mapping value merges key by key into the mapping already there,
+    while ``key.sub:=value`` replaces it whole (``rule_params:={eps: 0.2}`` drops the keys a
+    preset set). Raises ``FileNotFoundError`` for a missing file and
     ``ConfigError`` (a ``ValueError``) for invalid YAML (with file and line) and for everything
     :func:`~config_layers.validate.from_dict` rejects, naming the file and line of the
     offending key, or the override that set it.
@@ -224,11 +228,14 @@ def load_config(
         layers.append(layer)
     applied: list[tuple[tuple[str, ...], str]] = []
     for item in overrides:
-        segments, value = _split_override(item)
-        update: dict[str, Any] = {}
-        _assign(update, segments, value)
+        segments, value, replace = _split_override(item)
+        updates: list[dict[str, Any]] = [{}, {}] if replace else [{}]
+        if replace:  # clear what is there first, so that a mapping does not merge into it
+            _assign(updates[0], segments, None)
+        _assign(updates[-1], segments, value)
         try:
-            data = _merged(data, update, ())
+            for update in updates:
+                data = _merged(data, update, ())
         except ConfigError as exc:
             raise ConfigError(exc.problem, exc.path, f"override {item!r}") from None
         applied.extend((leaf, item) for leaf in _leaf_paths(_normal(segments), value))
