@@ -155,12 +155,11 @@ def test_aggregations_weigh_tokens_and_sequences_as_documented():
         (1 + 4) / 2
     )
     assert band_ops.aggregate(loss, mask, "seq-mean-token-sum").item() == pytest.approx((4 + 4) / 2)
-    assert band_ops.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(
-        8 / (2 * 4)
-    )
+    # verl's seq-mean-token-sum-norm: the batch's token sum over the horizon only (T = 4 here).
+    assert band_ops.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(8 / 4)
     assert band_ops.aggregate(
         loss, mask, "seq-mean-token-sum-norm", horizon=8
-    ).item() == pytest.approx(8 / 16)
+    ).item() == pytest.approx(8 / 8)
 
 
 def test_empty_sequences_do_not_count():

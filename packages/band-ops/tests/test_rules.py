@@ -12,11 +12,14 @@ from band_ops import rules
 OLD = torch.log(torch.tensor([[0.001, 0.01, 0.2], [0.5, 0.9, 0.999]], dtype=torch.float64))
 
 
-def test_registry_holds_the_four_rules():
-    assert band_ops.available_rules() == ["band", "clip_higher", "dcpo", "ppo"]
+ALL_RULES = ["band", "band_lower", "band_upper", "clip_higher", "dcpo", "ppo"]
 
 
-@pytest.mark.parametrize("name", ["band", "clip_higher", "dcpo", "ppo"])
+def test_registry_holds_the_six_rules():
+    assert band_ops.available_rules() == ALL_RULES
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
 def test_every_rule_gives_ordered_bounds_without_gradient(name):
     old = OLD.clone().requires_grad_(True)
     lower, upper = band_ops.get_rule(name).bounds(old)
@@ -56,7 +59,9 @@ def test_get_rule_passes_parameters_and_rejects_unknowns():
     rule = band_ops.get_rule("band", divergence="chi2", delta=0.1)
     assert rule == band_ops.Band(divergence="chi2", delta=0.1)
     with pytest.raises(
-        ValueError, match="unknown clipping rule 'bnad'; valid names: band, clip_higher, dcpo, ppo"
+        ValueError,
+        match="unknown clipping rule 'bnad'; valid names: band, band_lower, band_upper, "
+        "clip_higher, dcpo, ppo",
     ):
         band_ops.get_rule("bnad")
     with pytest.raises(ValueError, match="bad parameters for clipping rule 'ppo'"):
@@ -87,6 +92,7 @@ def test_rules_are_frozen_dataclasses():
         "divergence": "kl",
         "delta": 0.05,
         "max_ratio": 10.0,
+        "ppo_floor_eps": None,
         "name": "band",
     }
 

@@ -237,6 +237,10 @@ def test_band_rule_differs_from_ppo_where_its_bounds_bind(tmp_path, model_dir):
     assert band_metrics["clip_ratio/high_mean"] == 0.0
     assert band_metrics["band_ops/clip_frac"] == 0.0
     assert band_metrics["band_ops/token_frac/p0.01-0.1"] == 1.0
+    # Signed counts are logged as counts: 13 completion tokens, all A > 0, none above Band's bound.
+    assert band_metrics["band_ops/count/pos/p0.01-0.1"] == mask.sum().item() == 13
+    assert band_metrics["band_ops/clipped_upper/pos/p0.01-0.1"] == 0.0
+    assert band_metrics["band_ops/clip_frac_upper/pos/p0.01-0.1"] == 0.0
     assert max(g.abs().max().item() for g in ppo_grads.values()) == 0.0  # all clipped
     assert max(g.abs().max().item() for g in band_grads.values()) > 0.0
 
@@ -292,7 +296,7 @@ def test_one_band_training_step_logs_band_metrics(tmp_path, model_dir):
 
 
 def test_unknown_rule_lists_the_valid_names(tmp_path):
-    with pytest.raises(ValueError, match="unknown clipping rule 'bandd'.*band, clip_higher"):
+    with pytest.raises(ValueError, match="unknown clipping rule 'bandd'.*band, band_lower, band_"):
         BandGRPOTrainer(model="unused", args=_config(tmp_path), rule="bandd")
 
 

@@ -5,7 +5,8 @@ Main entry points:
 - ``ratio_bounds(old_logprobs, divergence="kl", delta=0.05, max_ratio=None)``: per-token
   ratio bounds from an f-divergence trust region (BandPO, arXiv 2603.04918).
 - ``policy_loss(logprobs, old_logprobs, advantages, mask, rule=...)``: the clipped surrogate with
-  any clipping rule (``ppo``, ``clip_higher``, ``band``, ``dcpo``), aggregation and metrics.
+  any clipping rule (``ppo``, ``clip_higher``, ``band``, ``band_upper``, ``band_lower``,
+  ``dcpo``), aggregation and metrics.
 """
 
 from importlib import metadata as _metadata
@@ -23,11 +24,19 @@ from band_ops.divergences import (
     get_divergence,
     register_divergence,
 )
-from band_ops.loss import PROBABILITY_BUCKETS, policy_loss
+from band_ops.loss import (
+    ADVANTAGE_SIGNS,
+    CLIP_SIDES,
+    COUNT_METRICS,
+    PROBABILITY_BUCKETS,
+    policy_loss,
+)
 from band_ops.rules import (
     DCPO,
     PPO,
     Band,
+    BandLower,
+    BandUpper,
     ClipHigher,
     ClippingRule,
     available_rules,
@@ -39,10 +48,15 @@ from band_ops.rules import (
 __version__ = _metadata.version("band-ops")
 
 __all__ = [
+    "ADVANTAGE_SIGNS",
+    "CLIP_SIDES",
+    "COUNT_METRICS",
     "DCPO",
     "PPO",
     "PROBABILITY_BUCKETS",
     "Band",
+    "BandLower",
+    "BandUpper",
     "ClipHigher",
     "ClippingRule",
     "Divergence",

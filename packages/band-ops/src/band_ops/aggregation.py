@@ -1,15 +1,23 @@
 """Loss aggregation: (B, T) per-token losses + mask -> scalar, kept apart from clipping rules.
 
-Every mode divides by a count. In data-parallel or gradient-accumulation training, pass the
-*global* count as ``normalizer`` (tokens for ``token-mean``, non-empty sequences for the
-``seq-mean-*`` modes) so that the sum of the micro-batch losses equals the full-batch loss; the
-default is the local count of this call.
+Masked positions are selected away (``torch.where``) before any arithmetic, so whatever they
+hold (NaN, inf from padding) does not reach the value, and the gradient with respect to the loss
+is exactly 0 there; a product with the mask would not do (NaN * 0 is NaN).
+
+The count-based modes divide by a count. In data-parallel or gradient-accumulation training,
+pass the *global* count as ``normalizer`` (tokens for ``token-mean``, non-empty sequences for
+``seq-mean-token-mean`` and ``seq-mean-token-sum``) so that the sum of the micro-batch losses
+equals the full-batch loss; the default is the local count of this call.
+``seq-mean-token-sum-norm`` (verl's definition) divides by a constant, the horizon, and ignores
+``normalizer``: its micro-batch losses add up to the full-batch loss as they are.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 Aggregation = Callable[..., Tensor]
@@ -48,7 +56,11 @@ def aggregate(
         mask: (B, T) 1 for response tokens that count, 0 for padding (bool or float).
         mode: a registered aggregation (``available_aggregations()``).
         normalizer: the global count to divide by (see module docstring); None for the local one.
-        horizon: constant token divisor of ``seq-mean-token-sum-norm`` (default T).
+            Not used by ``seq-mean-token-sum-norm``.
+        horizon: constant divisor of ``seq-mean-token-sum-norm`` (default T = ``mask.shape[-1]``).
+
+    A registered ``fn`` receives ``loss`` with masked positions already set to 0 and ``mask`` in
+    the loss dtype.
     """
     try:
         fn = _AGGREGATIONS[mode]
@@ -60,7 +72,10 @@ def aggregate(
         raise ValueError(
             f"loss and mask must both be (B, T); got {tuple(loss.shape)} and {tuple(mask.shape)}"
         )
-    return fn(loss, mask.to(loss.dtype), normalizer=normalizer, horizon=horizon)
+    # Select, not multiply: NaN or inf at a masked position must not reach the sum (NaN * 0 is
+    # NaN); where() also sends exactly 0 back to the positions it did not take.
+    kept = torch.where(mask != 0, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    return fn(kept, mask.to(loss.dtype), normalizer=normalizer, horizon=horizon)
 
 
 def _count(local: Tensor, normalizer: float | Tensor | None) -> Tensor | float:
@@ -99,13 +114,14 @@ def seq_mean_token_sum(loss: Tensor, mask: Tensor, *, normalizer=None, horizon=N
 
 @register_aggregation("seq-mean-token-sum-norm")
 def seq_mean_token_sum_norm(loss: Tensor, mask: Tensor, *, normalizer=None, horizon=None) -> Tensor:
-    """Returns sum(loss * mask) / (sequences * horizon): a constant divisor (Dr. GRPO).
+    """Returns sum(loss * mask) over the whole batch / horizon: verl's constant divisor (Dr. GRPO).
 
-    ``horizon`` (default: T, the padded length) should be fixed for a run, e.g. the maximum
-    response length, so that no sequence's length changes another token's weight.
+    ``horizon`` defaults to T (``mask.shape[-1]``, the padded length, as verl); it should be fixed
+    for a run, e.g. the maximum response length, so that no sequence's length changes another
+    token's weight. ``normalizer`` is not used: nothing here depends on the batch, so the losses of
+    micro-batches add up to the loss of the whole batch.
     """
-    per_seq = (loss * mask).sum(dim=-1)  # (B,)
     tokens = loss.shape[-1] if horizon is None else horizon
-    if not tokens > 0:
-        raise ValueError(f"horizon must be > 0, got {horizon!r}")
-    return per_seq.sum() / (_count(_non_empty(mask).sum(), normalizer) * tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int | float) or not 0 < tokens < math.inf:
+        raise ValueError(f"horizon must be a positive finite number, got {horizon!r}")
+    return (loss * mask).sum() / tokens

@@ -10,6 +10,9 @@ from torch import Tensor
 from band_ops.divergences import Divergence, get_divergence
 from band_ops.newton import newton_bounds
 
+# Log-probabilities up to this far above 0 are rounding noise, read as 0 (see logprob_tolerance).
+LOGPROB_TOLERANCE = 1e-6
+
 
 def ratio_bounds(
     old_logprobs: Tensor,
@@ -27,7 +30,9 @@ def ratio_bounds(
 
     Args:
         old_logprobs: (...) log-probabilities of the sampled tokens under the old policy, <= 0.
-            float64 is solved in float64; float32, bfloat16 and float16 in float32.
+            float64 is solved in float64; float32, bfloat16 and float16 in float32. Values
+            above 0 by at most ``logprob_tolerance(dtype)`` (1e-6, or the dtype's machine
+            epsilon if larger) are rounding noise and read as 0.
         divergence: a registered divergence name (see ``available_divergences()``).
         delta: trust-region radius, finite and > 0.
         max_ratio: cap on the upper bound (the paper uses 10); ``None`` for no cap.
@@ -42,19 +47,13 @@ def ratio_bounds(
     spec = get_divergence(divergence)
     check_delta(delta)
     check_max_ratio(max_ratio)
-    _check_is_float_tensor(old_logprobs)
-    compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(old_logprobs)
     finfo = torch.finfo(compute)
     with torch.no_grad():
-        logp = old_logprobs.detach().reshape(-1).to(compute)
-        if logp.numel() == 0:
+        if old_logprobs.numel() == 0:
             empty = old_logprobs.detach().new_empty(old_logprobs.shape)
             return empty, empty.clone()
-        low, high = torch.aminmax(logp)  # one pass: validation, and whether a clamp is needed
-        if not bool(high <= 0):  # also catches NaN
-            _raise_bad_logprob(old_logprobs)
-        if float(low) < math.log(finfo.tiny):
-            logp = logp.clamp(min=math.log(finfo.tiny))
+        logp = checked_logprobs(old_logprobs, compute)
         if spec.solver is not None:
             # Dedicated solvers guarantee 0 <= lower <= 1 <= upper <= exp(-logp) themselves.
             lower, upper = spec.solver(logp, float(delta))
@@ -107,17 +106,52 @@ def check_max_ratio(max_ratio: float | None) -> None:
         raise ValueError(f"max_ratio must be >= 1 (or None for no cap), got {max_ratio!r}")
 
 
-def _check_is_float_tensor(old_logprobs: Tensor) -> None:
+def compute_dtype(old_logprobs: Tensor) -> torch.dtype:
+    """Returns the dtype bounds are computed in: float64 for float64 input, else float32.
+
+    Raises ValueError unless ``old_logprobs`` is a floating-point tensor.
+    """
     if not isinstance(old_logprobs, Tensor):
         raise ValueError(f"old_logprobs must be a torch.Tensor, got {type(old_logprobs).__name__}")
     if not old_logprobs.is_floating_point():
         raise ValueError(f"old_logprobs must be a floating-point tensor, got {old_logprobs.dtype}")
+    return torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
 
 
-def _raise_bad_logprob(old_logprobs: Tensor) -> None:
-    bad = torch.isnan(old_logprobs) | (old_logprobs > 0)
+def logprob_tolerance(dtype: torch.dtype) -> float:
+    """Returns how far above 0 a log-probability of ``dtype`` may be and still be read as 0.
+
+    ``LOGPROB_TOLERANCE`` (1e-6), or the dtype's machine epsilon where that is larger (float16
+    9.8e-4, bfloat16 7.8e-3): a log-softmax of a near-certain token can round to a value a few
+    ulps above 0, which is noise, not a probability above 1.
+    """
+    return max(LOGPROB_TOLERANCE, torch.finfo(dtype).eps)
+
+
+def checked_logprobs(old_logprobs: Tensor, compute: torch.dtype) -> Tensor:
+    """Returns ``old_logprobs`` flattened, in ``compute``, clamped to [log(smallest normal), 0].
+
+    Raises ValueError naming the first NaN, or value above ``logprob_tolerance``, and its index.
+    One ``aminmax`` pass decides both the validation and whether a clamp is needed.
+    """
+    finfo = torch.finfo(compute)
+    logp = old_logprobs.detach().reshape(-1).to(compute)
+    low, high = torch.aminmax(logp)
+    if not bool(high <= 0):  # also catches NaN: aminmax propagates it
+        tolerance = logprob_tolerance(old_logprobs.dtype)
+        if not bool(high <= tolerance):
+            _raise_bad_logprob(old_logprobs, tolerance)
+        logp = logp.clamp(max=0.0)
+    if float(low) < math.log(finfo.tiny):
+        logp = logp.clamp(min=math.log(finfo.tiny))
+    return logp
+
+
+def _raise_bad_logprob(old_logprobs: Tensor, tolerance: float) -> None:
+    bad = torch.isnan(old_logprobs) | (old_logprobs > tolerance)
     index = tuple(int(i) for i in bad.nonzero()[0])
     value = float(old_logprobs[index]) if index else float(old_logprobs)
     raise ValueError(
-        f"old_logprobs must be log-probabilities (<= 0, not NaN); found {value} at index {index}"
+        f"old_logprobs must be log-probabilities (<= 0, not NaN; up to {tolerance:g} above 0 is "
+        f"read as 0); found {value} at index {index}"
     )

@@ -15,7 +15,13 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import Tensor
 
-from band_ops.bounds import check_delta, check_max_ratio, ratio_bounds
+from band_ops.bounds import (
+    check_delta,
+    check_max_ratio,
+    checked_logprobs,
+    compute_dtype,
+    ratio_bounds,
+)
 from band_ops.divergences import get_divergence
 
 
@@ -142,23 +148,99 @@ class ClipHigher:
 @register_rule("band")
 @dataclass(frozen=True)
 class Band:
-    """BandPO's Band: the f-divergence trust region D_f <= delta as per-token ratio bounds."""
+    """BandPO's Band: the f-divergence trust region D_f <= delta as per-token ratio bounds.
+
+    ``ppo_floor_eps=e`` relaxes the band where it is tighter than PPO's clip (likely tokens):
+    lower = min(band lower, 1 - e), upper = max(band upper, 1 + e), applied after
+    ``max_ratio``. It is this package's reading of the paper's option that relaxes the bound for
+    high-probability tokens, not a copy of its code. None (default) leaves the band as it is.
+    """
 
     divergence: str = "kl"
     delta: float = 0.05
     max_ratio: float | None = 10.0
+    ppo_floor_eps: float | None = None
     name: str = field(default="band", init=False)
 
     def __post_init__(self) -> None:
-        get_divergence(self.divergence)  # fail at construction on an unknown name
-        check_delta(self.delta)
-        check_max_ratio(self.max_ratio)
+        _check_band(self.divergence, self.delta, self.max_ratio)
+        if self.ppo_floor_eps is not None:
+            _check_eps("ppo_floor_eps", self.ppo_floor_eps, 1.0)
 
     def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns ``ratio_bounds(old_logprobs, divergence, delta, max_ratio)``."""
-        return ratio_bounds(
+        """Returns ``ratio_bounds(old_logprobs, divergence, delta, max_ratio)``, widened to at
+        least PPO's ``[1 - ppo_floor_eps, 1 + ppo_floor_eps]`` when that is set."""
+        lower, upper = ratio_bounds(
             old_logprobs, divergence=self.divergence, delta=self.delta, max_ratio=self.max_ratio
         )
+        if self.ppo_floor_eps is not None:
+            lower = lower.clamp(max=1 - self.ppo_floor_eps)
+            upper = upper.clamp(min=1 + self.ppo_floor_eps)
+        return lower, upper
+
+
+@register_rule("band_upper")
+@dataclass(frozen=True)
+class BandUpper:
+    """Band's upper bound with PPO's fixed lower bound: r in [1 - eps, band upper(p)].
+
+    The ablation that keeps Band's widening of the upper side (rare tokens with a positive
+    advantage may rise further) and PPO's clip of the lower side.
+    """
+
+    divergence: str = "kl"
+    delta: float = 0.05
+    max_ratio: float | None = 10.0
+    eps: float = 0.2
+    name: str = field(default="band_upper", init=False)
+
+    def __post_init__(self) -> None:
+        _check_band(self.divergence, self.delta, self.max_ratio)
+        _check_eps("eps", self.eps, 1.0)
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (1 - eps, the upper end of ``ratio_bounds``) shaped like ``old_logprobs``."""
+        _, upper = ratio_bounds(
+            old_logprobs, divergence=self.divergence, delta=self.delta, max_ratio=self.max_ratio
+        )
+        return torch.full_like(upper, 1 - self.eps), upper
+
+
+@register_rule("band_lower")
+@dataclass(frozen=True)
+class BandLower:
+    """Band's lower bound with PPO's fixed upper bound: r in [band lower(p), 1 + eps].
+
+    The reverse ablation of ``band_upper``: Band's lower side (rare tokens with a negative
+    advantage may fall further) with PPO's clip of the upper side.
+    """
+
+    divergence: str = "kl"
+    delta: float = 0.05
+    max_ratio: float | None = 10.0
+    eps: float = 0.2
+    name: str = field(default="band_lower", init=False)
+
+    def __post_init__(self) -> None:
+        _check_band(self.divergence, self.delta, self.max_ratio)
+        _check_eps("eps", self.eps, 1.0)
+
+    def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (the lower end of ``ratio_bounds``, 1 + eps) shaped like ``old_logprobs``.
+
+        ``max_ratio`` only caps Band's upper end, which this rule does not use; it is a
+        parameter so that the three Band rules take the same configuration.
+        """
+        lower, _ = ratio_bounds(
+            old_logprobs, divergence=self.divergence, delta=self.delta, max_ratio=self.max_ratio
+        )
+        return lower, torch.full_like(lower, 1 + self.eps)
+
+
+def _check_band(divergence: str, delta: float, max_ratio: float | None) -> None:
+    get_divergence(divergence)  # fail at construction on an unknown name
+    check_delta(delta)
+    check_max_ratio(max_ratio)
 
 
 @register_rule("dcpo")
@@ -181,10 +263,18 @@ class DCPO:
         check_max_ratio(self.max_ratio)
 
     def bounds(self, old_logprobs: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (L(p), U(p)) for p = exp(old_logprobs), computed in at least float32."""
+        """Returns (L(p), U(p)) for p = exp(old_logprobs), computed in at least float32.
+
+        Log-probabilities are checked as ``ratio_bounds`` checks them: a NaN or a value above
+        0 beyond rounding noise raises ValueError naming it and its index.
+        """
+        compute = compute_dtype(old_logprobs)
         with torch.no_grad():
-            compute = torch.float64 if old_logprobs.dtype == torch.float64 else torch.float32
-            inv_p = torch.exp(-old_logprobs.detach().to(compute))  # 1 / p
+            if old_logprobs.numel() == 0:
+                empty = old_logprobs.detach().new_empty(old_logprobs.shape)
+                return empty, empty.clone()
+            logp = checked_logprobs(old_logprobs, compute).reshape(old_logprobs.shape)
+            inv_p = torch.exp(-logp)  # 1 / p
             lower = (1 - 4 * self.eps_low * inv_p).clamp_(min=0).sqrt_().mul_(0.5).add_(0.5)
             upper = (1 + 4 * self.eps_high * inv_p).sqrt_().mul_(0.5).add_(0.5)
             if self.max_ratio is not None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from band_ops.aggregation import aggregate
-from band_ops.loss import policy_loss
+from band_ops.loss import COUNT_METRICS, policy_loss
 from band_ops.rules import ClippingRule, get_rule, resolve_rule
 
 try:
@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 # TRL loss_type -> band-ops aggregation. The divisors are set in BandGRPOTrainer._aggregation
-# so that each one equals TRL's own: grpo and dr_grpo divide by the number of completions (empty
-# ones included), bnpo by the local token count, dapo by the global token count.
+# so that each one equals TRL's own: grpo divides by the number of completions (empty ones
+# included), dr_grpo by completions x max_completion_length (band-ops' horizon), bnpo by the local
+# token count, dapo by the global token count.
 LOSS_TYPE_AGGREGATIONS: dict[str, str] = {
     "grpo": "seq-mean-token-mean",
     "bnpo": "token-mean",
@@ -186,8 +187,11 @@ class BandGRPOTrainer(GRPOTrainer):
             return mode, count, None, False
         if loss_type == "bnpo":
             return mode, None, None, True
-        horizon = self.max_completion_length if loss_type == "dr_grpo" else None
-        return mode, float(batch_size), horizon, True
+        if loss_type == "dr_grpo":
+            # band-ops' seq-mean-token-sum-norm is verl's (token sum / horizon); TRL's dr_grpo
+            # also divides by the micro-batch's completions, so they go into the horizon.
+            return mode, None, batch_size * self.max_completion_length, True
+        return mode, float(batch_size), None, True
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Tensor:
         """Returns this micro-batch's loss: the band-ops clipped surrogate aggregated as TRL's
@@ -339,7 +343,7 @@ class BandGRPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _log_band_metrics(self, mode: str, band_metrics: Mapping[str, Tensor]) -> None:
         """Appends band-ops' metrics as ``band_ops/<name>``: mean over processes (max / min for
-        ``ratio_max`` / ``ratio_min``)."""
+        ``ratio_max`` / ``ratio_min``, the sum for the counts of ``COUNT_METRICS``)."""
         names = list(band_metrics)
         local = torch.stack([band_metrics[n].float().reshape(()) for n in names])
         gathered = self.accelerator.gather(local).reshape(-1, len(names))  # (processes, metrics)
@@ -349,6 +353,8 @@ class BandGRPOTrainer(GRPOTrainer):
                 value = _nan_reduce(column, torch.max)
             elif name == "ratio_min":
                 value = _nan_reduce(column, torch.min)
+            elif name in COUNT_METRICS:
+                value = float(column.sum())
             else:
                 value = float(column.nanmean())
             self._metrics[mode][f"band_ops/{name}"].append(value)
