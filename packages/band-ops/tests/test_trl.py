@@ -312,6 +312,10 @@ def test_bad_rule_parameters_name_the_rule(tmp_path):
         (dict(loss_type="sapo"), "loss_type='sapo'.*supported: grpo, bnpo, dr_grpo, dapo"),
         (dict(importance_sampling_level="sequence"), "importance_sampling_level='sequence'"),
         (dict(use_adaptive_entropy=True), "use_adaptive_entropy=True"),
+        (
+            dict(loss_type="dr_grpo", max_completion_length=None),
+            "loss_type='dr_grpo' divides by max_completion_length, which is None",
+        ),
     ],
 )
 def test_unsupported_trl_options_are_refused(tmp_path, overrides, match):

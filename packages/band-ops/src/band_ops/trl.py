@@ -97,6 +97,10 @@ def check_grpo_config(args: GRPOConfig) -> None:
             "use_adaptive_entropy=True is not supported by BandGRPOTrainer; a constant "
             "entropy_coef is"
         )
+    if loss_type == "dr_grpo" and args.max_completion_length is None:
+        raise UnsupportedGRPOOptionError(
+            "loss_type='dr_grpo' divides by max_completion_length, which is None; set it"
+        )
     delta = args.delta
     if delta is not None and not (math.isfinite(delta) and delta > 1):
         raise UnsupportedGRPOOptionError(
@@ -190,7 +194,9 @@ class BandGRPOTrainer(GRPOTrainer):
         if loss_type == "dr_grpo":
             # band-ops' seq-mean-token-sum-norm is verl's (token sum / horizon); TRL's dr_grpo
             # also divides by the micro-batch's completions, so they go into the horizon.
-            return mode, None, batch_size * self.max_completion_length, True
+            length = self.max_completion_length
+            assert length is not None  # check_grpo_config refuses dr_grpo without it
+            return mode, None, batch_size * length, True
         return mode, float(batch_size), None, True
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Tensor:
