@@ -60,7 +60,9 @@ def launch(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize(
+    "aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+)
 def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, digit_data, aggregation) -> None:
     # 2 prompts x 4 completions per rank, micro-batches of 3: each rank accumulates 3.
     overrides = {

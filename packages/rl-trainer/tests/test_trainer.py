@@ -162,7 +162,9 @@ def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
     return max(float((a[k] - b[k]).abs().max()) for k in a) / scale
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize(
+    "aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+)
 def test_update_does_not_depend_on_micro_batch_size(
     tmp_path, tiny_model_dir, digit_data, aggregation
 ) -> None:
@@ -190,6 +192,32 @@ def test_update_does_not_depend_on_micro_batch_size(
     assert len(big_grads) == len(small_grads) == 1
     assert max(float(g.abs().max()) for g in big_grads[0].values()) > 0
     assert max_relative_difference(big_grads[0], small_grads[0]) < 1e-5
+
+
+def test_signed_clip_counts_are_summed_over_micro_batches(
+    tmp_path, tiny_model_dir, digit_data
+) -> None:
+    """band-ops' count metrics are the step's token counts, whatever the micro-batch size."""
+    common = {"algorithm.mini_batches": 1, "algorithm.ppo_epochs": 1, "rollout.group_size": 8}
+    big = make(
+        tmp_path / "a", tiny_model_dir, digit_data, **common, **{"optim.micro_batch_size": 16}
+    )
+    batch, _, _ = big.rollout()
+    assert batch is not None
+    big.update(batch)
+    small = make(
+        tmp_path / "b", tiny_model_dir, digit_data, **common, **{"optim.micro_batch_size": 2}
+    )
+    small.update(batch)
+    (one,), (many,) = big.last_updates, small.last_updates
+    assert band_ops.COUNT_METRICS <= one.keys()
+    for key in band_ops.COUNT_METRICS:
+        assert many[key] == one[key], key
+    # Every completion token with a non-zero advantage is in exactly one (sign, bucket) cell.
+    tokens = batch.completion_mask.sum(-1)  # (N,)
+    signed = float((tokens * (batch.advantages != 0)).sum())
+    assert signed > 0
+    assert sum(one[k] for k in band_ops.COUNT_METRICS if k.startswith("count/")) == signed
 
 
 def test_entropy_bonus_and_kl_terms_enter_the_loss(tmp_path, tiny_model_dir, digit_data) -> None:

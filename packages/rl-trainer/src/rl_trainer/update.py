@@ -49,6 +49,9 @@ def optimizer_step(
     no process has a completion token in it), or None when a non-finite loss or gradient on any
     process skipped the step (gradients cleared, nothing stepped).
 
+    band-ops' count metrics (``band_ops.COUNT_METRICS``, e.g. ``count/pos/p<0.01``) are summed
+    over micro-batches and processes instead: the step's token counts.
+
     After a step the rollout backend gets the new weights (``sync_weights``).
     """
     acc = accelerator
@@ -81,7 +84,8 @@ def optimizer_step(
             if tokens:
                 total_tokens += tokens
                 for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value * tokens
+                    weight = 1.0 if key in band_ops.COUNT_METRICS else tokens
+                    sums[key] = sums.get(key, 0.0) + value * weight
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.optim.max_grad_norm
     grad_norm = acc.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
@@ -97,7 +101,10 @@ def optimizer_step(
     backend.sync_weights()
     # "tokens" cannot clash with a metric name: those come from the loss function.
     totals = reduce_scalars({**sums, "tokens": total_tokens}, acc)
-    out = {k: totals[k] / max(totals["tokens"], 1.0) for k in sums}
+    out = {
+        k: totals[k] if k in band_ops.COUNT_METRICS else totals[k] / max(totals["tokens"], 1.0)
+        for k in sums
+    }
     out["loss"] = reduce_scalars({"loss": loss_sum}, acc)["loss"]
     out["grad_norm"] = grad_norm_value
     return out
