@@ -224,19 +224,29 @@ def _cell_counts(
     """Returns (3, buckets, 4) token counts by advantage sign, old-probability bucket and
     position of r relative to the band, in one ``bincount`` over the valid tokens."""
     buckets = len(PROBABILITY_BUCKETS)
-    edges = torch.tensor(
-        [hi for _, _, hi in PROBABILITY_BUCKETS[:-1]], dtype=torch.float32, device=ratio.device
+    states = 4
+    # One uint8 cell index per token, state + 4 (bucket + buckets sign): int64 arithmetic on
+    # (B, T) costs several times more than the comparisons themselves on CPU.
+    u8 = torch.uint8
+    index = (ratio > upper).to(u8)
+    index.add_((ratio < lower).to(u8), alpha=2)
+    # Buckets are (lo, hi] in p = exp(old log-prob), compared in log space (no exp): p == hi
+    # falls in the lower bucket, p above the last edge (p = 1 from a log-prob read as 0
+    # included) in the last one.
+    logp = (
+        old_logprobs
+        if old_logprobs.dtype in (torch.float32, torch.float64)
+        else old_logprobs.float()
     )
-    # Buckets are (lo, hi]: bucketize(right=False) puts p == hi in the lower bucket, p > the last
-    # edge (p > 1 from a log-prob read as 0 included) in the last one.
-    bucket = torch.bucketize(old_logprobs.float().exp(), edges)
-    sign = torch.where(adv > 0, 0, torch.where(adv < 0, 1, 2))
-    state = (ratio > upper).long() + 2 * (ratio < lower).long()
-    index = (sign * buckets + bucket) * 4 + state
-    dump = 3 * buckets * 4  # one extra bin for masked positions
-    index = torch.where(valid, index, dump)
+    for _, _, hi in PROBABILITY_BUCKETS[:-1]:
+        index.add_((logp > math.log(hi)).to(u8), alpha=states)
+    # Sign 0 (A > 0), 1 (A < 0), 2 (A = 0 or NaN): 2 - 2 [A > 0] - [A < 0].
+    index.add_((adv > 0).logical_not_().to(u8), alpha=2 * states * buckets)
+    index.sub_((adv < 0).to(u8), alpha=states * buckets)
+    dump = 3 * buckets * states  # one extra bin for masked positions
+    index.masked_fill_(~valid, dump)
     counts = torch.bincount(index.reshape(-1), minlength=dump + 1)
-    return counts[:dump].view(3, buckets, 4)
+    return counts[:dump].view(3, buckets, states)
 
 
 def _nan(like: Tensor) -> Tensor:
