@@ -14,7 +14,7 @@ import pytest
 from conftest import FAST
 
 import bandpo_train.run as run_module
-from bandpo_train import study
+from bandpo_train.study import design, runner
 from bandpo_train.cli import main
 from bandpo_train.config import check_config, load_app_config
 from bandpo_train.run import train
@@ -53,7 +53,7 @@ def test_unknown_rule_exits_2_before_any_work(tmp_path) -> None:
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "algorithm.rule: unknown clipping rule 'bandd'" in proc.stderr
-    assert "valid names: band, clip_higher, dcpo, ppo; did you mean 'band'?" in proc.stderr
+    assert "valid names: band, band_lower, band_upper, clip_higher, dcpo, ppo; did you mean 'band'?" in proc.stderr
     _assert_untouched(out)
 
 
@@ -113,7 +113,7 @@ BAD = {
     "reward": (
         ["algorithm.rewards.0.name=exact_mach"],
         ("algorithm", "rewards", 0, "name"),
-        "unknown reward 'exact_mach'; valid names: exact_match,",
+        "unknown reward 'exact_mach'; valid names: answer_or_decoy, exact_match,",
     ),
     "reward_hint": (
         ["algorithm.rewards=[{name: math_verif}]"],
@@ -203,10 +203,11 @@ def test_bad_override_of_a_preset_is_rejected() -> None:
 
 
 def test_study_arms_pass_the_checks(tmp_path) -> None:
-    for arm in study.ARMS.values():
-        config = study.build_config([f"output_dir={tmp_path}"], arm)
-        check_config(config)  # rule_params were assigned after loading
-        assert config.algorithm.rule_params == arm.params
+    for arm in design.ARMS.values():
+        for lr in design.LEARNING_RATES:
+            config = load_app_config(None, runner.run_overrides(lr, arm, 0, 1, tmp_path))
+            check_config(config)
+            assert config.algorithm.rule_params == arm.params
 
 
 @pytest.fixture

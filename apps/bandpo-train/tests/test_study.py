@@ -1,5 +1,6 @@
-"""The clipping study: statistics helpers against hand-computed values, failure handling, and
-the --quick study end to end (tables, plots, resume)."""
+"""The clipping study: statistics helpers against hand-computed values, the design, the
+regime precondition and paired comparisons on made-up runs, failure handling, and the --quick
+study end to end (tables, plots, resume)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bandpo_train import study
-from bandpo_train.study import (
-    ARMS,
-    STUDY_TASKS,
+from bandpo_train.study import analysis, design, parse_args, report, runner
+from bandpo_train.study import main as study_main
+from bandpo_train.study.design import ARMS, LEARNING_RATES, Settings
+from bandpo_train.study_stats import (
     auc_per_step,
     censored_summary,
     moving_average,
-    per_rl_step,
     steps_to_threshold,
     t_interval,
     t_quantile,
@@ -119,53 +119,121 @@ def test_auc_tail_mean_and_bucket_clip() -> None:
     assert math.isnan(weighted_bucket_clip([{"clip_frac/p<0.01": 0.0, "token_frac/p<0.01": 0.0}]))
 
 
-def test_per_rl_step_takes_one_value_per_rollout() -> None:
-    records = [
-        {"step": 1, "rl_step": 1, "reward_mean": 0.25},
-        {"step": 2, "rl_step": 1, "reward_mean": 0.25},
-        {"step": 3, "rl_step": 2, "reward_mean": 0.5},
-        {"step": 4, "rl_step": 3},
-    ]
-    values = per_rl_step(records, "reward_mean")
-    assert values[:2] == [0.25, 0.5] and math.isnan(values[2])
+# --- design ----------------------------------------------------------------------------------
 
 
-# --- configuration ---------------------------------------------------------------------------
-
-
-def test_stated_arms() -> None:
+def test_stated_arms_and_learning_rates() -> None:
+    band = {"divergence": "kl", "delta": 0.05, "max_ratio": 10.0}
     assert ARMS["ppo"].params == {"eps": 0.2}
-    assert ARMS["clip_higher"].params == {"eps_low": 0.2, "eps_high": 0.28}
-    assert ARMS["band_kl"].params == {"divergence": "kl", "delta": 0.05, "max_ratio": 10.0}
-    assert ARMS["band_tv"].params == {"divergence": "tv", "delta": 0.15, "max_ratio": 10.0}
+    assert ARMS["band"].params == band
+    assert ARMS["band_upper"].params == ARMS["band_lower"].params == {**band, "eps": 0.2}
+    assert design.DEFAULT_ARMS == ("ppo", "band", "band_upper", "band_lower")
+    assert LEARNING_RATES["binding"].lr > LEARNING_RATES["low"].lr
 
 
 @pytest.mark.parametrize("arm", sorted(ARMS))
-def test_build_config_sets_exactly_the_arms_rule(arm: str, tmp_path: Path) -> None:
-    overrides = study.run_overrides(STUDY_TASKS["control"], 3, 7, tmp_path / "run")
-    config = study.build_config(overrides, ARMS[arm])
+def test_run_overrides_give_exactly_the_arms_rule(arm: str, tmp_path: Path) -> None:
+    from bandpo_train.config import load_app_config
+
+    overrides = runner.run_overrides("low", ARMS[arm], 3, 7, tmp_path / "run")
+    config = load_app_config(None, overrides)
     assert config.algorithm.rule == ARMS[arm].rule
-    # Not merged with the app default's Band parameters (PPO would reject those).
+    # Replaced, not merged with the app default's Band parameters.
     assert config.algorithm.rule_params == ARMS[arm].params
     assert (config.optim.seed, config.optim.steps, config.task.seed) == (3, 7, 0)
+    assert config.optim.lr == LEARNING_RATES["low"].lr
+    assert config.task.name == "trap"
+    assert (config.rollout.group_size, config.rollout.prompts_per_step) == (16, 32)
     assert (config.algorithm.ppo_epochs, config.algorithm.mini_batches) == (2, 4)
-    assert [r.name for r in config.algorithm.rewards] == ["random_coin", "one_of"]
-    assert [r.weight for r in config.algorithm.rewards] == [1.0, 0.0]
-    assert config.eval.correct_reward == "one_of"
     assert config.logging.output_dir == str(tmp_path / "run")
 
 
 def test_parse_args() -> None:
-    quick = study.parse_args(["--quick"])
-    assert (quick.seeds, quick.steps, quick.out) == (1, study.QUICK_STEPS, Path(study.QUICK_OUT))
-    assert quick.extra == study.QUICK_OVERRIDES
-    full = study.parse_args(["--seeds", "3", "--tasks", "rare,control", "--arms", "ppo,band_kl"])
-    assert (full.seeds, full.steps, full.out) == (3, study.DEFAULT_STEPS, Path(study.DEFAULT_OUT))
-    assert (full.tasks, full.arms, full.extra) == (["rare", "control"], ["ppo", "band_kl"], ())
-    with pytest.raises(SystemExit):
-        study.parse_args(["--arms", "ppo,nope"])
-    with pytest.raises(SystemExit):
-        study.parse_args(["--seeds", "0"])
+    quick = parse_args(["--quick"])
+    assert (quick.seeds, quick.steps, quick.out) == (1, design.QUICK_STEPS, Path(design.QUICK_OUT))
+    assert quick.extra == design.QUICK_OVERRIDES and quick.arms == list(design.QUICK_ARMS)
+    full = parse_args(["--seeds", "3", "--lrs", "binding", "--arms", "ppo,band", "--jobs", "1"])
+    assert (full.seeds, full.steps, full.out) == (3, design.DEFAULT_STEPS, Path(design.DEFAULT_OUT))
+    assert (full.lrs, full.arms, full.extra, full.jobs) == (["binding"], ["ppo", "band"], (), 1)
+    assert parse_args([]).arms == list(design.DEFAULT_ARMS)
+    for bad in (["--arms", "ppo,nope"], ["--seeds", "0"], ["--lrs", "fast"], ["--jobs", "x"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_plan_keeps_whole_seeds_first() -> None:
+    settings = Settings(Path("x"), ["ppo", "band"], ["binding", "low"], seeds=2, steps=1)
+    plan = settings.plan()
+    assert len(plan) == 8 and {seed for _, _, seed in plan[:4]} == {0}
+
+
+# --- analysis on made-up runs ----------------------------------------------------------------
+
+
+def _row(lr: str, arm: str, seed: int, p_final: float, **extra: float) -> dict:
+    return {
+        "lr": lr,
+        "arm": arm,
+        "seed": seed,
+        "status": "ok",
+        "p_correct_final": p_final,
+        "success": float(p_final > design.SUCCESS_P),
+        "pass@16_final": 1 - (1 - p_final) ** 16,
+        "answer_entropy_auc": 0.1,
+        "p_correct_first": 0.003,
+        "pos_low_tokens": extra.get("tokens", 10.0),
+        "pos_low_clipped_upper": extra.get("clipped", 0.0),
+    }
+
+
+def test_regime_share_pools_ppo_runs_only() -> None:
+    rows = [
+        _row("binding", "ppo", 0, 0.1, tokens=10, clipped=1),
+        _row("binding", "ppo", 1, 0.1, tokens=30, clipped=9),
+        _row("binding", "band", 0, 0.9, tokens=100, clipped=0),
+    ]
+    found = analysis.regime(rows, "binding")
+    assert (found.tokens, found.clipped, found.runs) == (40, 10, 2)
+    assert found.share == pytest.approx(0.25) and found.reached
+    low = analysis.regime([_row("low", "ppo", 0, 0.1, tokens=50, clipped=5)], "low")
+    assert low.share == pytest.approx(0.1) and not low.reached
+    nothing = analysis.regime([_row("low", "ppo", 0, 0.1, tokens=0, clipped=0)], "low")
+    assert math.isnan(nothing.share) and not nothing.reached
+
+
+def test_comparisons_are_paired_and_holm_adjusted() -> None:
+    settings = Settings(Path("x"), ["ppo", "band"], ["binding"], seeds=8, steps=1)
+    rows = [_row("binding", "ppo", s, 0.1) for s in range(8)]
+    rows += [_row("binding", "band", s, 0.1 + 0.5) for s in range(8)]
+    found = {c.outcome: c for c in analysis.compare(settings, rows)}
+    better = found["p_correct_final"]
+    assert better.difference.mean == pytest.approx(0.5) and better.difference.n == 8
+    assert better.p_value == pytest.approx(2 / 256)  # all 8 pairs one way, exact
+    # Primary family: P(correct) and success, both at p = 2/256: Holm gives 2 x 2/256 to both.
+    assert better.p_holm == pytest.approx(2 * 2 / 256) and better.family == "primary"
+    assert better.direction() == "higher"
+    assert found["answer_entropy_auc"].direction() == "no significant difference"
+    assert found["success"].p_value == pytest.approx(2 / 256)  # McNemar: 8 discordant pairs
+
+
+def test_summary_draws_no_conclusion_without_the_regime(tmp_path: Path) -> None:
+    settings = Settings(tmp_path, ["ppo", "band"], ["binding", "low"], seeds=8, steps=1)
+    rows = [_row(lr, "ppo", s, 0.1, tokens=10, clipped=1) for lr in settings.lrs for s in range(8)]
+    rows += [_row(lr, "band", s, 0.9) for lr in settings.lrs for s in range(8)]
+    regimes = {lr: analysis.regime(rows, lr) for lr in settings.lrs}
+    summaries = analysis.summarise(settings, rows)
+    comparisons = analysis.compare(settings, rows)
+    report.write_summary(tmp_path / "summary.md", settings, regimes, summaries, comparisons, 1.0)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "**regime not reached**" in text and "no conclusion" in text
+    assert "**regime reached**" not in text
+    assert "| binding | band | 8 | 1.00 [0.63, 1.00] (n=8) |" in text  # Clopper-Pearson
+    rows = [dict(r, pos_low_clipped_upper=5.0) if r["arm"] == "ppo" else r for r in rows]
+    regimes = {lr: analysis.regime(rows, lr) for lr in settings.lrs}
+    report.write_summary(tmp_path / "summary.md", settings, regimes, summaries, comparisons, 1.0)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "- **binding**: regime reached; `band` higher final P(correct)" in text
+    assert "PPO's clip binds here too, so this is no control" in text
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -181,71 +249,57 @@ def test_failed_runs_are_reported_not_fatal(
 ) -> None:
     import bandpo_train.run
 
-    warm = tmp_path / "fake_warm"
-    warm.mkdir()
-    monkeypatch.setattr(study, "ensure_warm_start", lambda *a, **k: warm)
+    warm = tmp_path / "study" / "warm_start" / "embedded"
+    warm.mkdir(parents=True)
+    (warm / "eval.jsonl").write_text('{"prompt": "a?", "answer": "3", "decoy": "8"}\n')
+    monkeypatch.setattr(runner, "ensure_warm_start", lambda *a, **k: warm)
 
-    def boom(config: object) -> None:
+    def boom(config: object, callbacks: object = ()) -> None:
         raise RuntimeError("simulated failure")
 
     monkeypatch.setattr(bandpo_train.run, "train", boom)
     out = tmp_path / "study"
-    code = study.main(["--quick", "--out", str(out), "--tasks", "rare", "--arms", "ppo,band_kl"])
-    assert code == 1
+    argv = ["--quick", "--out", str(out), "--lrs", "low", "--arms", "ppo,band", "--jobs", "1"]
+    assert study_main(argv) == 1
     rows = _rows(out / "results.csv")
-    assert [(r["arm"], r["status"]) for r in rows] == [("ppo", "error"), ("band_kl", "error")]
+    assert [(r["arm"], r["status"]) for r in rows] == [("band", "error"), ("ppo", "error")]
     assert all("simulated failure" in r["error"] for r in rows)
-    assert "0 (1 failed)" in (out / "summary.md").read_text(encoding="utf-8")
-    assert (out / "reward_rare.png").stat().st_size > 0
-    assert (out / "rare" / "ppo" / "seed0" / "error.txt").is_file()
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| low | ppo | 0 (1 failed) |" in text and "regime not reached" in text
+    assert (out / "p_correct.png").stat().st_size > 0
+    assert (out / "low" / "ppo" / "seed0" / "error.txt").is_file()
 
 
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path: Path) -> None:
+    """The contract: ``bandpo-train study --quick --out DIR`` writes DIR/summary.md saying
+    "regime reached" or "regime not reached" (here through the default worker processes)."""
     out = tmp_path / "study"
-    assert study.main(["--quick", "--out", str(out)]) == 0
-    expected = {(t, a) for t in STUDY_TASKS for a in ARMS}
-
+    assert study_main(["--quick", "--out", str(out)]) == 0
+    expected = {(lr, a) for lr in LEARNING_RATES for a in design.QUICK_ARMS}
     results = _rows(out / "results.csv")
-    assert len(results) == len(expected)
-    assert {(r["task"], r["arm"]) for r in results} == expected
+    assert {(r["lr"], r["arm"]) for r in results} == expected
     assert all(r["status"] == "ok" for r in results)
     for r in results:
-        assert 0.0 <= float(r["final_reward"]) <= 1.0
-        assert 0.0 <= float(r["eval_pass@1"]) <= float(r["eval_pass@4"]) <= 1.0
-        assert float(r["entropy_auc"]) > 0
-        assert int(r["steps_to_threshold"]) <= study.QUICK_STEPS
-        assert int(r["optimizer_steps"]) == study.QUICK_STEPS * study.UPDATES_PER_ROLLOUT
-
-    summary = _rows(out / "summary.csv")
-    assert len(summary) == len(expected)
-    assert {(r["task"], r["arm"]) for r in summary} == expected
-    assert all(r["n_ok"] == "1" and r["n_failed"] == "0" for r in summary)
+        assert 0.0 <= float(r["p_correct_first"]) <= 1.0
+        assert 0.0 <= float(r["p_correct_final"]) <= float(r["pass@16_final"]) <= 1.0
+        assert float(r["answer_entropy_auc"]) > 0
+        assert float(r["pos_low_clipped_upper"]) <= float(r["pos_low_tokens"])
+    # Every run starts from the one warm start.
+    assert len({r["p_correct_first"] for r in results}) == 1
 
     md = (out / "summary.md").read_text(encoding="utf-8")
-    for task in STUDY_TASKS:
-        section = md.split(f"## {task}\n", 1)[1].split("\n## ", 1)[0]
-        lines = [line for line in section.splitlines() if line.startswith("| ")]
-        table = [line for line in lines[1:] if not line.startswith("| ---")]
-        assert sorted(line.split(" | ")[0].strip("| ") for line in table) == sorted(ARMS)
-    assert "delta" in md and '"delta": 0.15' in md and '"delta": 0.05' in md
-
-    for task in STUDY_TASKS:
-        for kind in ("reward", "entropy"):
-            png = out / f"{kind}_{task}.png"
-            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
+    assert "regime reached" in md or "regime not reached" in md
+    assert "Prediction (stated before running)" in md
+    for name in ("p_correct.png", "answer_entropy.png", "clip_cells.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     settings = json.loads((out / "study.json").read_text(encoding="utf-8"))
-    assert settings["arms"]["band_tv"]["params"]["delta"] == 0.15
-    assert settings["seeds"] == [0] and settings["rl_steps_per_run"] == study.QUICK_STEPS
-    assert settings["runs"] == {"ran": 12, "skipped": 0, "error": 0}
-    assert set(settings["thresholds"]) == set(STUDY_TASKS)
-    # Every arm and seed of a task starts from the one warm start (same first rollout).
-    first = {(r["task"], r["reward_first"]) for r in results}
-    assert len({t for t, _ in first}) == len(first)
+    assert settings["seeds"] == [0] and settings["rl_steps_per_run"] == design.QUICK_STEPS
+    assert settings["runs"] == {"ran": 4, "skipped": 0, "error": 0}
+    assert set(settings["regime"]) == set(LEARNING_RATES)
 
     # Resumable: a second call runs nothing and rewrites the same tables.
-    assert study.main(["--quick", "--out", str(out)]) == 0
+    assert study_main(["--quick", "--out", str(out)]) == 0
     again = json.loads((out / "study.json").read_text(encoding="utf-8"))
-    assert again["runs"] == {"ran": 0, "skipped": 12, "error": 0}
+    assert again["runs"] == {"ran": 0, "skipped": 4, "error": 0}
     assert _rows(out / "results.csv") == results

@@ -4,7 +4,7 @@ bandpo-train                                   # the embedded default, a few min
 bandpo-train output_dir=runs/x max_steps=40    # any key=value override
 bandpo-train --preset bandpo-kl model.path=/models/Qwen2.5-1.5B data.path=dapo.parquet
 accelerate launch --multi_gpu --num_processes 2 -m bandpo_train output_dir=runs/ddp
-bandpo-train study --seeds 5                   # ppo vs clip_higher vs band on toy tasks
+bandpo-train study                             # ppo vs band on the trap task, ~30 min
 bandpo-train presets                           # list presets and accelerate configs
 bandpo-train report runs/bandpo-train          # the README's figures of a finished run
 """
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 USAGE = """usage: bandpo-train [--config FILE] [--preset NAME] [key=value ...]
-       bandpo-train study [--seeds N] [--steps N] [--out DIR] [--tasks rare,control,addition]
+       bandpo-train study [--seeds N] [--steps N] [--out DIR] [--lrs binding,low]
                           [--arms ppo,clip_higher,band_kl,band_tv] [--threads N] [--quick]
        bandpo-train presets
        bandpo-train report DIR [--json]

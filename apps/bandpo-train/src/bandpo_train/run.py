@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +201,11 @@ class UpdateLines(TrainerCallback):
             self._bar = None
 
 
-def train(config: AppConfig) -> dict[str, Any]:
-    """Runs the configured training; returns the summary written to ``run.json``."""
+def train(config: AppConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Runs the configured training; returns the summary written to ``run.json``.
+
+    ``callbacks`` are added to the trainer after the app's own (the study's answer probe).
+    """
     check_launch_environment()
     state = PartialState(cpu=not torch.cuda.is_available())
     preflight(config, state.num_processes)
@@ -220,7 +223,7 @@ def train(config: AppConfig) -> dict[str, Any]:
     lines = UpdateLines(
         metrics_path, config.total_updates, progress_bar=config.logging.progress_bar
     )
-    trainer = GRPOTrainer(config, callbacks=[lines])
+    trainer = GRPOTrainer(config, callbacks=[lines, *callbacks])
     # Its lines replace the trainer's one line per RL step and its progress over RL steps.
     trainer.remove_callback(MetricsFileCallback)
     trainer.remove_callback(ProgressCallback)

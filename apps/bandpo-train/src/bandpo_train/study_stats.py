@@ -201,3 +201,103 @@ def censored_summary(steps: Sequence[int], censored: Sequence[bool], limit: int)
     else:
         median = f">= {(min(middle) + limit) / 2:g}"
     return CensoredSummary(n, reached, limit, interval, lower, median)
+
+
+# --------------------------------------------------------------------------------------------
+# exact intervals and paired tests for outcomes that are not bell-shaped
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """Returns P(X <= k) for X ~ Binomial(n, p), summed exactly."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return math.fsum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def _solve(f: Any, target: float) -> float:
+    """Returns p in [0, 1] with f(p) = target for a decreasing f, by bisection (1e-12)."""
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if f(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def clopper_pearson(successes: int, n: int, level: float = 0.95) -> Interval:
+    """Returns the exact (Clopper-Pearson) interval of a binomial proportion.
+
+    The interval never leaves [0, 1] and covers the true proportion with probability at least
+    ``level`` for every proportion (it is conservative); ``mean`` is ``successes / n``.
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    alpha = 1 - level
+    # lower: P(X >= k | p) = alpha/2, i.e. P(X <= k - 1 | p) = 1 - alpha/2 (0 when k = 0).
+    lower = (
+        0.0
+        if successes == 0
+        else _solve(lambda p: _binomial_cdf(successes - 1, n, p), 1 - alpha / 2)
+    )
+    # upper: P(X <= k | p) = alpha/2 (1 when k = n).
+    upper = 1.0 if successes == n else _solve(lambda p: _binomial_cdf(successes, n, p), alpha / 2)
+    return Interval(successes / n, lower, upper, n)
+
+
+#: Sign-flip tests enumerate every assignment up to this many pairs (2^16 = 65,536), and
+#: draw this many random assignments beyond it.
+EXACT_PAIRS = 16
+RANDOM_FLIPS = 20_000
+
+
+def paired_permutation_p(differences: Sequence[float | None], *, seed: int = 0) -> float:
+    """Returns the two-sided p-value of a paired sign-flip permutation test of mean 0.
+
+    Under the null hypothesis (no difference between the paired arms) each paired difference
+    is as likely to have either sign; the p-value is the share of sign assignments whose mean
+    is at least as far from 0 as the observed one. Exact (all 2^n assignments) up to
+    ``EXACT_PAIRS`` pairs, else ``RANDOM_FLIPS`` random ones with the observed counted in
+    (p never 0). With outcomes in {0, 1} this is the exact McNemar test. NaN/None pairs are
+    dropped; no pairs give NaN.
+    """
+    values = finite(differences)
+    n = len(values)
+    if n == 0:
+        return math.nan
+    observed = abs(math.fsum(values)) * (1 - 1e-12)
+    if n <= EXACT_PAIRS:
+        hits = 0
+        for mask in range(1 << n):
+            total = math.fsum(-v if mask >> i & 1 else v for i, v in enumerate(values))
+            hits += abs(total) >= observed
+        return hits / (1 << n)
+    import random
+
+    rng = random.Random(seed)
+    hits = 1  # the observed assignment
+    for _ in range(RANDOM_FLIPS):
+        total = math.fsum(v if rng.random() < 0.5 else -v for v in values)
+        hits += abs(total) >= observed
+    return hits / (RANDOM_FLIPS + 1)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Returns Holm's step-down adjusted p-values (same order as given; NaN stays NaN).
+
+    Compare each adjusted value with the family-wise level (0.05): it controls the chance of
+    any false rejection among all the comparisons, under any dependence between them.
+    """
+    indexed = sorted(
+        (p, i) for i, p in enumerate(p_values) if isinstance(p, int | float) and math.isfinite(p)
+    )
+    m = len(indexed)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -5,10 +5,16 @@
   prompt. The warm start says "0" most of the time, which is right for a third of the prompts;
   elsewhere the correct digits are rare under the warm-started policy, so the reward can only
   rise if low-probability tokens are allowed to grow (what Band changes).
+- ``trap``: "k?" -> one correct digit worth 1 and a decoy digit worth 0.5. The warm start says
+  the decoy 97% of the time and a uniformly random digit otherwise, so the correct answer
+  starts near p = 0.003: whenever it is sampled it has a positive advantage and an old
+  probability below 0.01, the regime where PPO's clip caps its rise at (1 + eps) p and Band's
+  upper bound is far wider. The study's main task.
 
 Also two rewards the tasks need, registered in rl-trainer's reward registry on import:
-``one_of`` (the completion is one of the ``|``-separated answers) and ``random_coin`` (a
-reward that ignores the completion: the study's control).
+``one_of`` (the completion is one of the ``|``-separated answers), ``answer_or_decoy`` (1 for
+the answer, a partial reward for the decoy) and ``random_coin`` (a reward that ignores the
+completion: the study's control).
 """
 
 from __future__ import annotations
@@ -33,6 +39,31 @@ def one_of(prompts: list[str], completions: list[str], *, column: str = "answer"
         1.0 if normalize_answer(c) in {normalize_answer(a) for a in str(gold).split("|")} else 0.0
         for c, gold in zip(completions, answers, strict=True)
     ]
+
+
+@register_reward("answer_or_decoy")
+def answer_or_decoy(
+    prompts: list[str],
+    completions: list[str],
+    *,
+    column: str = "answer",
+    decoy_column: str = "decoy",
+    decoy_reward: float = 0.5,
+    **columns: Any,
+):
+    """Reward 1.0 for the answer, ``decoy_reward`` for the decoy, 0.0 for anything else."""
+    answers, decoys = columns[column], columns[decoy_column]
+    out = []
+    for c, answer, decoy in zip(completions, answers, decoys, strict=True):
+        said = normalize_answer(c)
+        out.append(
+            1.0
+            if said == normalize_answer(str(answer))
+            else decoy_reward
+            if said == normalize_answer(str(decoy))
+            else 0.0
+        )
+    return out
 
 
 @register_reward("random_coin")
@@ -81,6 +112,22 @@ def _rare_target(row: dict[str, str], rng: random.Random) -> str:
     return "0" if rng.random() < 0.7 else str(rng.randint(0, 9))
 
 
+#: The warm start's share of the decoy on the trap task; the rest is spread over the ten
+#: digits, so the correct answer starts near (1 - TRAP_DECOY_SHARE) / 10 = 0.003.
+TRAP_DECOY_SHARE = 0.97
+
+
+def _trap_row(rng: random.Random) -> dict[str, str]:
+    index = LETTERS.index(rng.choice(LETTERS))
+    correct = (7 * index + 3) % 10
+    decoy = (correct + 5) % 10
+    return {"prompt": f"{LETTERS[index]}?", "answer": str(correct), "decoy": str(decoy)}
+
+
+def _trap_target(row: dict[str, str], rng: random.Random) -> str:
+    return row["decoy"] if rng.random() < TRAP_DECOY_SHARE else str(rng.randint(0, 9))
+
+
 TASKS: dict[str, Task] = {
     "addition": Task(
         name="addition",
@@ -97,6 +144,14 @@ TASKS: dict[str, Task] = {
         make_row=_rare_row,
         warm_start_target=_rare_target,
         rewards=(RewardSpec(name="one_of"),),
+    ),
+    "trap": Task(
+        name="trap",
+        characters="0123456789?" + LETTERS,
+        max_new_tokens=2,
+        make_row=_trap_row,
+        warm_start_target=_trap_target,
+        rewards=(RewardSpec(name="answer_or_decoy"),),
     ),
 }
 
