@@ -14,10 +14,10 @@ import pytest
 from conftest import FAST
 
 import bandpo_train.run as run_module
-from bandpo_train.study import design, runner
 from bandpo_train.cli import main
 from bandpo_train.config import check_config, load_app_config
 from bandpo_train.run import train
+from bandpo_train.study import design, runner
 from config_layers import ConfigError
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -53,7 +53,8 @@ def test_unknown_rule_exits_2_before_any_work(tmp_path) -> None:
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "algorithm.rule: unknown clipping rule 'bandd'" in proc.stderr
-    assert "valid names: band, band_lower, band_upper, clip_higher, dcpo, ppo; did you mean 'band'?" in proc.stderr
+    valid = "band, band_lower, band_upper, clip_higher, dcpo, ppo"
+    assert f"valid names: {valid}; did you mean 'band'?" in proc.stderr
     _assert_untouched(out)
 
 
