@@ -84,7 +84,7 @@ def test_embedded_run_writes_the_contract(tmp_path) -> None:
     assert run["num_processes"] == 1 and run["optimizer_steps"] == 6 == summary["optimizer_steps"]
     assert run["task"] == "addition" and run["dtype"] == "torch.float32"
     assert set(json.loads((out / "eval.json").read_text())) >= {"eval/pass@1", "eval/mean@4"}
-    for plot in ("reward", "entropy", "clip_fractions", "kl"):
+    for plot in ("reward", "entropy", "clip_fractions", "kl", "clip_cells"):
         png = out / "plots" / f"{plot}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "final" / "model.safetensors").is_file()

@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: reward, entropy, clip fractions and KL against steps."""
+"""PNG plots of a run's metrics.jsonl: reward, entropy, clip fractions and KL against steps, and
+the run's clips by side, advantage sign and old probability (band-ops' signed counts)."""
 
 from __future__ import annotations
 
@@ -58,4 +59,60 @@ def plot_run(metrics: Path, out_dir: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
+    written.append(plot_clip_cells(records, out_dir / "clip_cells.png"))
     return written
+
+
+BUCKETS = ("p<0.01", "p0.01-0.1", "p0.1-0.5", "p>0.5")
+#: The two cells where PPO-style clipping stops the gradient.
+ACTIVE_CELLS = (
+    ("upper", "pos", "above the upper bound, A > 0"),
+    ("lower", "neg", "below the lower bound, A < 0"),
+)
+
+
+def plot_clip_cells(records: list[dict], path: Path) -> Path:
+    """Writes a bar chart of the whole run: per old-probability bucket, the share of A > 0
+    tokens clipped above and of A < 0 tokens clipped below (summed counts, not averaged
+    fractions), with each bucket's token count on the bars; returns ``path``."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    width = 0.38
+    drawn = False
+    for i, (side, sign, label) in enumerate(ACTIVE_CELLS):
+        shares, counts = [], []
+        for bucket in BUCKETS:
+            count = sum(float(r.get(f"count/{sign}/{bucket}") or 0.0) for r in records)
+            clipped = sum(float(r.get(f"clipped_{side}/{sign}/{bucket}") or 0.0) for r in records)
+            counts.append(count)
+            shares.append(clipped / count if count else 0.0)
+        xs = [j + (i - 0.5) * width for j in range(len(BUCKETS))]
+        bars = ax.bar(xs, shares, width=width, label=label)
+        for bar, count in zip(bars, counts, strict=True):
+            ax.annotate(
+                f"n={count:.0f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        drawn = drawn or any(counts)
+    ax.set_xticks(range(len(BUCKETS)))
+    ax.set_xticklabels(BUCKETS)
+    ax.set_xlabel("old probability of the token")
+    ax.set_ylabel("share clipped (whole run)")
+    ax.grid(alpha=0.3, axis="y")
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no signed clip counts in this run",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
