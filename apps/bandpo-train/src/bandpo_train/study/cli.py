@@ -76,7 +76,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument(
         "--arms",
         type=_names(ARMS, "arm"),
-        help=f"comma-separated (default {','.join(DEFAULT_ARMS)}; also: clip_higher)",
+        help=f"comma-separated (default {','.join(DEFAULT_ARMS)}; also: band_floor, clip_higher)",
     )
     parser.add_argument(
         "--lrs",

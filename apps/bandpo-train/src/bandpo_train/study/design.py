@@ -64,6 +64,13 @@ ARMS: dict[str, Arm] = {
             "PPO's upper bound 1.2, Band's lower bound: the other side alone",
         ),
         Arm(
+            "band_floor",
+            "band",
+            {**BAND, "ppo_floor_eps": EPS},
+            "Band never tighter than PPO (relaxed for high-probability tokens): the official "
+            "code's option, as we read it (not in the default selection)",
+        ),
+        Arm(
             "clip_higher",
             "clip_higher",
             {"eps_low": EPS, "eps_high": 0.28},

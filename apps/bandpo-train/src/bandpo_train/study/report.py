@@ -205,6 +205,7 @@ ARM_COLOURS = {
     "band_upper": "tab:olive",
     "band_lower": "tab:purple",
     "clip_higher": "tab:orange",
+    "band_floor": "tab:cyan",
 }
 
 
