@@ -17,12 +17,14 @@ import config_layers
 from rl_trainer.config import TrainerConfig, load_config
 
 USAGE = """usage: rl-trainer {train,evaluate,config} [--config FILE] [key=value ...]
+       rl-trainer vllm-serve --model DIR [--port P] [--gpus IDS] [--python PATH] [-- VLLM ARGS]
        rl-trainer accelerate-configs
        rl-trainer --version
 
   train      run RL training (use `accelerate launch -m rl_trainer train ...` for several processes)
   evaluate   greedy accuracy, mean@k and pass@k of model.path on data.eval_path
   config     print the resolved configuration (defaults <- FILE <- overrides) and exit
+  vllm-serve start a vLLM server for rollout.backend=vllm (in vLLM's own environment)
   accelerate-configs
              list the shipped accelerate configs (1 GPU, DDP, FSDP, DeepSpeed ZeRO-2/3, 2 CPUs)
 
@@ -81,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in COMMAND_USAGE and any(arg in HELP_FLAGS for arg in rest):
         print(COMMAND_USAGE[command], end="")
         return 0
+    if command == "vllm-serve":
+        from rl_trainer.vllm_serve import main as serve
+
+        return serve(rest)
     if command == "accelerate-configs":
         from rl_trainer.configs import accelerate_configs
 
@@ -101,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from rl_trainer.trainer import GRPOTrainer
+    from rl_trainer.vllm_client import VllmServerError
 
     try:
         if command == "evaluate":
@@ -115,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"rl-trainer: {err}", file=sys.stderr)
         return 2
+    except VllmServerError as err:
+        print(f"rl-trainer: {err}", file=sys.stderr)
+        return 1
     if trainer.accelerator.is_main_process:
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2, default=str))
     return 0

@@ -90,9 +90,46 @@ class DataConfig:
 
 
 @dataclass
+class VllmConfig:
+    """The ``vllm`` rollout backend: a vLLM OpenAI-compatible server (``rl-trainer vllm-serve``)."""
+
+    url: str = "http://127.0.0.1:8000"
+    # The served model's name; None: the server's first model (GET /v1/models).
+    model: str | None = None
+    # Seconds to wait for the server to answer at start (0: it must be up already).
+    wait_s: float = 0.0
+    # Per request: seconds before giving up, and retries of a failed request (with backoff).
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    # Requests in flight at once (one request per prompt, n = group size).
+    concurrency: int = 8
+    # How the server gets the new weights before each rollout: "lora" (save the adapter and
+    # hot-load it under lora_name), "reload" (save the weights, the server reloads them through
+    # its dev-mode /collective_rpc), "none" (never: off-policy), "auto" (lora for LoRA runs).
+    sync: Literal["auto", "lora", "reload", "none"] = "auto"
+    # A folder the server can read, where adapters or weights are written; None: under
+    # logging.output_dir ("vllm_sync").
+    sync_dir: str | None = None
+    lora_name: str = "rl-trainer-policy"
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"rollout.vllm.url must start with http:// or https://, got {self.url!r}"
+            )
+        _non_negative("rollout.vllm.wait_s", self.wait_s)
+        _positive("rollout.vllm.timeout_s", self.timeout_s)
+        _non_negative("rollout.vllm.max_retries", self.max_retries)
+        _positive("rollout.vllm.concurrency", self.concurrency)
+        if not self.lora_name:
+            raise ValueError("rollout.vllm.lora_name must not be empty")
+
+
+@dataclass
 class RolloutConfig:
     """How completions are sampled: G per prompt, ``prompts_per_step`` prompts per step."""
 
+    # "hf": the training model samples (transformers); "vllm": a vLLM server (rollout.vllm).
     backend: str = "hf"
     # hf backend: "loop" (a lean KV-cache sampler that also returns token log-probs) or
     # "generate" (transformers' generate, for architectures that need its special handling).
@@ -106,6 +143,8 @@ class RolloutConfig:
     max_new_tokens: int = 256
     # Sequences per generate() call on one process; None generates the whole batch at once.
     generation_batch_size: int | None = None
+    # The vllm backend's server and weight sync (rollout.backend=vllm).
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self) -> None:
         if self.group_size < 2:

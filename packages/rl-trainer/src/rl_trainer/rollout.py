@@ -1,5 +1,6 @@
-"""Rollout backends: sample G completions per prompt. ``hf`` (transformers ``generate``) is built
-in; others (vLLM, an inference server) plug in through ``register_rollout_backend``.
+"""Rollout backends: sample G completions per prompt. ``hf`` (the training model itself) and
+``vllm`` (a vLLM server, ``rl_trainer.vllm_client``) are built in; others plug in through
+``register_rollout_backend``.
 
 A backend receives token ids and returns token ids plus, for each completion, the position of
 the prompt it answers: the trainer forms groups from that prompt identity, never from where a
@@ -322,4 +323,18 @@ class HFRolloutBackend:
 def _hf_backend(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, **options: Any
 ) -> RolloutBackend:
+    options.pop("config", None)
     return HFRolloutBackend(model, tokenizer, accelerator, **options)
+
+
+@register_rollout_backend("vllm")
+def _vllm_backend(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator, **options: Any
+) -> RolloutBackend:
+    """A vLLM server (``rl_trainer.vllm_client``); needs ``config=`` (the TrainerConfig)."""
+    from rl_trainer.vllm_client import VllmRolloutBackend
+
+    config = options.get("config")
+    if config is None:
+        raise ValueError("the vllm rollout backend needs config= (the TrainerConfig)")
+    return VllmRolloutBackend(model, tokenizer, accelerator, config=config)

@@ -189,7 +189,35 @@ def rollout_step(
         masked=not kept,
         old_logprobs=None if rollout_logprobs is None else [rollout_logprobs[i] for i in chosen],
     )
+    if rollout_logprobs is None and out.logprobs is not None and batch.old_logprobs is not None:
+        # The sampler's log-probs next to the trainer's own for the same tokens: drift between
+        # the two engines (or stale weights on a server) shows here, every step.
+        sampled = padded_logprobs([out.logprobs[i] for i in chosen], batch.completion_ids.shape)
+        metrics.update(
+            logprob_mismatch(sampled.to(batch.old_logprobs.device), batch, accelerator=acc)
+        )
+    backend_metrics = getattr(backend, "metrics", None)
+    if callable(backend_metrics):
+        metrics.update(backend_metrics())
     return batch, metrics, examples
 
 
-__all__ = ["prepare_batch", "rollout_step"]
+def logprob_mismatch(
+    sampled: torch.Tensor, batch: RolloutBatch, *, accelerator: Accelerator
+) -> dict[str, float]:
+    """Returns the mean and max |sampler log-prob - trainer log-prob| over the completion
+    tokens of all processes (``rollout/logprob_diff_mean``, ``rollout/logprob_diff_max``)."""
+    assert batch.old_logprobs is not None  # set by prepare_batch
+    mask = batch.completion_mask.bool()  # (N, T)
+    diff = (sampled - batch.old_logprobs).abs()[mask]  # (tokens,)
+    sums = reduce_scalars({"diff": float(diff.sum()), "tokens": float(diff.numel())}, accelerator)
+    peak = reduce_scalars(
+        {"max": float(diff.max()) if diff.numel() else 0.0}, accelerator, op="max"
+    )
+    return {
+        "rollout/logprob_diff_mean": sums["diff"] / max(sums["tokens"], 1.0),
+        "rollout/logprob_diff_max": peak["max"],
+    }
+
+
+__all__ = ["logprob_mismatch", "prepare_batch", "rollout_step"]

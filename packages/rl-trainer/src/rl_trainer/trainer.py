@@ -206,6 +206,7 @@ class GRPOTrainer:
             acc,
             generation_batch_size=cfg.rollout.generation_batch_size,
             sampler=cfg.rollout.sampler,
+            config=cfg,
         )
         self.reuse_rollout_logprobs = reuse_rollout_logprobs(cfg, policy)
         self.sampler = PromptSampler(
