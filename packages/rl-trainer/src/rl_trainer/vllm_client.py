@@ -15,7 +15,8 @@ costs one sync however many updates came before it.
 
 - ``lora``: the adapter is saved (a few MB) and hot-loaded in place under one name
   (``/v1/load_lora_adapter`` with ``load_inplace``); generation then asks for that name. The
-  server needs ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
+  first sync also reloads the base weights once (the server may hold another run's). The
+  server needs ``--enable-lora``, ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and dev mode.
 - ``reload``: the full weights are saved as safetensors and the server reloads them from that
   folder (``/collective_rpc`` ``reload_weights`` with ``weights_path``); the server needs
   ``VLLM_SERVER_DEV_MODE=1``. Costs a write and a read of the whole model per rollout.
@@ -136,6 +137,18 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     return str(message or body)[:300]
 
 
+def _base_weights(model: nn.Module) -> dict[str, Any]:
+    """Returns the base model's weights of a PEFT model, under the base model's own names
+    (adapter tensors left out, ``.base_layer.`` folded back)."""
+    get_base = getattr(model, "get_base_model", None)
+    base: nn.Module = get_base() if callable(get_base) else model
+    return {
+        name.replace(".base_layer.", "."): tensor
+        for name, tensor in base.state_dict().items()
+        if "lora_" not in name
+    }
+
+
 class VllmRolloutBackend:
     """Samples from a vLLM server; keeps the server's weights equal to the trained policy."""
 
@@ -178,6 +191,7 @@ class VllmRolloutBackend:
         root = options.sync_dir or str(Path(config.logging.output_dir) / "vllm_sync")
         self.sync_root = Path(root).resolve()
         self.stale = sync != "none"
+        self.base_pushed = False
         self.syncs = 0
         self.sync_s = 0.0
         self.served_name = self.base_name
@@ -212,12 +226,14 @@ class VllmRolloutBackend:
 
     def _push(self) -> None:
         """Writes the current weights (or adapter) and has the server load them."""
-        # Two folders in turn: the server never reads a folder while it is being rewritten.
-        folder = self.sync_root / f"{self.sync_mode}-{self.syncs % 2}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
         unwrapped = self.accelerator.unwrap_model(self.model)
         if self.sync_mode == "lora":
+            if not self.base_pushed:
+                # The server may hold other base weights (another run's reloads): the first
+                # sync puts the base model back, so that base + adapter is exactly the policy.
+                self._reload(_base_weights(unwrapped), unwrapped)
+                self.base_pushed = True
+            folder = self._folder("lora")
             unwrapped.save_pretrained(folder)  # the adapter only (PEFT)
             self.client.request(
                 "POST",
@@ -229,16 +245,41 @@ class VllmRolloutBackend:
                 },
             )
             return
-        state = dict(self.accelerator.get_state_dict(self.model))
-        if getattr(unwrapped.config, "tie_word_embeddings", False):
+        self._reload(dict(self.accelerator.get_state_dict(self.model)), unwrapped)
+
+    def _folder(self, kind: str) -> Path:
+        # Two folders in turn: the server never reads a folder while it is being rewritten.
+        folder = self.sync_root / f"{kind}-{self.syncs % 2}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def _reload(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Writes ``state`` as a safetensors checkpoint and has the server reload from it."""
+        from safetensors.torch import save_file
+
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "tie_word_embeddings", False):
             # vLLM's in-place reload loads the embedding but keeps the LM head it had: a tied
-            # head goes stale. `rl-trainer vllm-serve` unties it on the server
-            # (--hf-overrides), and the head is written out here as a weight of its own.
-            head = unwrapped.get_output_embeddings()
-            if head is not None:
-                state["lm_head.weight"] = head.weight.detach().clone()
-        unwrapped.save_pretrained(folder, state_dict=state, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
+            # head goes stale. `rl-trainer vllm-serve` unties it on the server, and the head
+            # is written out here as a weight of its own.
+            embedding = next(
+                (v for k, v in state.items() if k.endswith("embed_tokens.weight")), None
+            )
+            if embedding is not None and "lm_head.weight" not in state:
+                state["lm_head.weight"] = embedding
+        folder = self._folder("weights")
+        seen: set[int] = set()
+        tensors = {}
+        for name, tensor in state.items():
+            tensor = tensor.detach().contiguous()
+            if tensor.data_ptr() in seen:  # safetensors refuses shared storage
+                tensor = tensor.clone()
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.cpu()
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        if config is not None:
+            config.save_pretrained(folder)
         self.client.request(
             "POST",
             "/collective_rpc",
