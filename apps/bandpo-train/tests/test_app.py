@@ -41,7 +41,9 @@ def test_shortcuts_set_output_dir_and_optimiser_steps(tmp_path) -> None:
     assert config.total_updates == 10 and config.optim.steps == 3  # ceil(10 / 4) rollouts
 
 
-@pytest.mark.parametrize("name", ["bandpo-kl", "grpo", "clip-higher", "bandpo-kl-lora"])
+@pytest.mark.parametrize(
+    "name", ["bandpo-kl", "grpo", "clip-higher", "bandpo-kl-lora", "bandpo-kl-vllm"]
+)
 def test_presets_load_and_build_their_rule(name) -> None:
     import band_ops
 
@@ -55,11 +57,13 @@ def test_presets_load_and_build_their_rule(name) -> None:
     expected = {
         "bandpo-kl": "band",
         "bandpo-kl-lora": "band",
+        "bandpo-kl-vllm": "band",
         "grpo": "ppo",
         "clip-higher": "clip_higher",
     }[name]
     assert rule.name == expected
     assert config.model.lora.enabled == (name == "bandpo-kl-lora")
+    assert config.rollout.backend == ("vllm" if name.endswith("vllm") else "hf")
     assert preset_path(name).is_file()
 
 

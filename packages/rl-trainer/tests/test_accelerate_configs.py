@@ -16,6 +16,8 @@ EXPECTED = {
     "deepspeed_zero2": (DistributedType.DEEPSPEED, 8, False),
     "deepspeed_zero3": (DistributedType.DEEPSPEED, 8, False),
     "cpu_2proc": (DistributedType.MULTI_GPU, 2, True),
+    "single_gpu_vllm": (DistributedType.NO, 1, False),
+    "ddp_vllm": (DistributedType.MULTI_GPU, 7, False),
 }
 
 
@@ -31,6 +33,8 @@ def test_config_parses(name: str) -> None:
         assert config.fsdp_config["fsdp_version"] == 2
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+    if name.endswith("_vllm"):  # GPU 0 is left to the vLLM server
+        assert "0" not in str(config.gpu_ids).split(",")
 
 
 def test_unknown_config_lists_shipped_ones() -> None:
