@@ -4,7 +4,6 @@ the log-prob mismatch metric, ``rl-trainer vllm-serve`` and the CLI's errors."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -159,13 +158,6 @@ def test_client_retries_a_dropped_connection(fake, sleeps) -> None:
     assert len(fake.requests) == 2 and sleeps == [0.5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=http.client.HTTPException,
-    reason="bug: VllmClient.request lets http.client.IncompleteRead / BadStatusLine through "
-    "(neither is an OSError), so a cut-off or non-HTTP answer is neither retried nor a "
-    "VllmServerError",
-)
 @pytest.mark.parametrize("knob", ["truncate_next", "garbage_next"])
 def test_client_a_cut_off_or_non_http_answer_is_a_server_error(fake, sleeps, knob) -> None:
     setattr(fake, knob, 1)
@@ -443,6 +435,22 @@ def test_lora_sync_puts_the_base_back_once_then_hot_loads_the_adapter(
 def test_sync_lora_without_lora_is_a_value_error(fake, tmp_path, tokenizer, accelerator) -> None:
     with pytest.raises(ValueError, match="rollout.vllm.sync=lora needs model.lora.enabled=true"):
         make_backend(fake, tmp_path, tokenizer, accelerator, **{"rollout.vllm.sync": "lora"})
+
+
+def test_sync_reload_of_a_lora_model_is_a_value_error(
+    fake, tmp_path, tokenizer, accelerator
+) -> None:
+    """Reloading would write the adapter-wrapped names (base_model.model..., lora_A), which the
+    server cannot map: refused before any rollout."""
+    from rl_trainer.config import LoraConfig
+    from rl_trainer.models import apply_lora
+
+    model = apply_lora(tiny_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="use sync=lora"):
+        make_backend(
+            fake, tmp_path, tokenizer, accelerator, model=model, **{"rollout.vllm.sync": "reload"}
+        )
+    assert not [r for r in fake.requests if r.path != "/v1/models"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Only the main process writes and loads; every process waits for it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import shutil
@@ -100,7 +101,13 @@ class VllmClient:
                         f"vLLM server at {self.url}: {method} {path} answered {exc.code}: {detail}"
                     ) from None
                 problem = f"answered {exc.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                ConnectionError,
+                OSError,
+                http.client.HTTPException,  # an answer cut off, or not HTTP at all
+            ) as exc:
                 reason = getattr(exc, "reason", exc)
                 problem = f"{type(reason).__name__}: {reason}" if str(reason) else repr(reason)
             except json.JSONDecodeError as exc:
@@ -187,6 +194,11 @@ class VllmRolloutBackend:
             sync = "lora" if self.uses_lora else "reload"
         if sync == "lora" and not self.uses_lora:
             raise ValueError("rollout.vllm.sync=lora needs model.lora.enabled=true")
+        if sync == "reload" and self.uses_lora:
+            raise ValueError(
+                "rollout.vllm.sync=reload with model.lora.enabled=true would write the "
+                "adapter-wrapped weights, which the server cannot map: use sync=lora (or auto)"
+            )
         self.sync_mode = sync
         root = options.sync_dir or str(Path(config.logging.output_dir) / "vllm_sync")
         self.sync_root = Path(root).resolve()
