@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from capsnet_model.datasets import (
+    DatasetError,
     DatasetSource,
     FERDataset,
     FERSample,
@@ -70,7 +71,15 @@ def test_a_registered_source_needs_no_change_here(
 
 
 def test_the_kinds_are_the_registry(mine: list[Any]) -> None:
-    assert set(data_kinds()) == {"synthetic", "rafdb", "fer2013", "affectnet", "folder", "mine"}
+    assert set(data_kinds()) == {
+        "synthetic",
+        "rafdb",
+        "fer2013",
+        "affectnet",
+        "emotionet",
+        "folder",
+        "mine",
+    }
     assert load_app_config(None, ["data.kind=mine"]).data.kind == "mine"
 
 
@@ -94,3 +103,37 @@ def test_synthetic_is_a_registered_source_too() -> None:
     assert splits.name == "synthetic faces (32 px)"
     assert len(splits.train) == 14 and len(splits.test) == 7  # type: ignore[arg-type]
     assert splits.val is None and splits.skipped == []
+
+
+def test_emotionet_splits_from_the_au_lists(tmp_path: Path) -> None:
+    """A tiny EmotioNet tree (tab-separated dataFile_*.txt: URL, a second field, AU1..AU60)
+    trains and tests through the registry alone; images come from data.image_root."""
+    import cv2
+
+    lists = tmp_path / "emotioNet_challenge_files_server_challenge_1.2_aws"
+    lists.mkdir()
+    images = tmp_path / "downloads"
+    lines = []
+    for k in range(40):
+        present = (12, 25) if k % 2 else (4, 15)  # happy, sad
+        codes = ["1" if au in present else "0" for au in range(1, 61)]
+        url = f"https://s3.us-east-2.amazonaws.com/emotionet/Images/f/{k}.jpg"
+        lines.append("\t".join([url, "0", *codes]) + "\n")
+        (images / "f").mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(images / "f" / f"{k}.jpg"), np.full((8, 8, 3), k, np.uint8))
+    lines.append("\t".join(["https://x/Images/f/40.jpg", "0", *["999"] * 60]) + "\n")
+    (lists / "dataFile_1.txt").write_text("".join(lines))
+    cfg = DataConfig(kind="emotionet", root=str(tmp_path), image_root=str(images))
+    with pytest.raises(DatasetError, match=r"dataFile_1\.txt, line 41: unknown label: AU1"):
+        load_splits(cfg)
+    cfg.on_error = "skip"
+    splits = load_splits(cfg)
+    assert splits.name.startswith("EmotioNet") and splits.val is None
+    assert len(splits.train) + len(splits.test) == 40  # type: ignore[arg-type]
+    # the row no split can take is listed once, for both loads of the shared list
+    assert [(row.splits, row.category) for row in splits.skipped] == [
+        ("train+test", "unknown label")
+    ]
+    assert {splits.train[0][1], splits.test[0][1]} <= {1, 2}  # happiness, sadness
+    with pytest.raises(DataRootError, match="data.image_root /nowhere does not exist"):
+        load_splits(DataConfig(kind="emotionet", root=str(tmp_path), image_root="/nowhere"))

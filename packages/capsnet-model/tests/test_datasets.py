@@ -420,7 +420,7 @@ def test_load_dataset_dispatch(tmp_path: Path) -> None:
     assert name_of(ds.labels[0]) == "disgust"
     write_image(tmp_path / "folders" / "train" / "fear" / "a.jpg")
     assert len(load_dataset("folder", tmp_path / "folders")) == 1
-    with pytest.raises(ValueError, match="valid: rafdb, fer2013, affectnet, folder"):
+    with pytest.raises(ValueError, match="valid: rafdb, fer2013, affectnet, emotionet, folder"):
         load_dataset("ckplus", tmp_path)
     # Without image_root, the images are looked for next to the CSV file.
     with pytest.raises(DatasetError, match=r"aff\.csv, line 2: missing image file: .*a\.jpg"):
@@ -730,12 +730,13 @@ def test_rafdb_non_utf8_line_is_a_bad_row(tmp_path: Path) -> None:
 def test_every_source_is_registered_once_with_its_split_layout(tmp_path: Path) -> None:
     from capsnet_model.datasets import get_dataset, list_datasets
 
-    assert list_datasets() == ["rafdb", "fer2013", "affectnet", "folder"]
+    assert list_datasets() == ["rafdb", "fer2013", "affectnet", "emotionet", "folder"]
     roles = {name: get_dataset(name).splits(tmp_path) for name in list_datasets()}
     assert roles == {
         "rafdb": {"train": "train", "test": "test"},
         "fer2013": {"train": "train", "val": "val", "test": "test"},
         "affectnet": {"train": "train", "test": "test"},
+        "emotionet": {"train": "train", "test": "test"},
         "folder": {"train": "train", "test": "test"},  # no val/ folder: carved from train
     }
     (tmp_path / "val").mkdir()

@@ -1,4 +1,4 @@
-"""Facial expression data sets (RAF-DB, FER2013, AffectNet, class-per-folder) in one label order.
+"""Facial expression data sets (RAF-DB, FER2013, AffectNet, EmotioNet, folders) in one label order.
 
 Canonical label order
 ---------------------
@@ -8,7 +8,8 @@ used by the models and metrics in this package::
     0 neutral, 1 happiness, 2 sadness, 3 surprise, 4 fear, 5 disgust, 6 anger
 
 The per-data-set mappings (:data:`RAFDB_LABELS`, :data:`FER2013_LABELS`,
-:data:`AFFECTNET_LABELS`, :data:`FOLDER_ALIASES`) live in :mod:`.labels` and nowhere else.
+:data:`AFFECTNET_LABELS`, :data:`EMOTIONET_LABELS` with :data:`EMOTIONET_CATEGORIES`,
+:data:`FOLDER_ALIASES`) live in :mod:`.labels` and nowhere else.
 
 Every loader returns a :class:`FERDataset` whose items are ``(image, label)``: ``image`` an
 ``uint8`` ``H x W x 3`` RGB array (grayscale input is replicated to three channels), resized
@@ -30,8 +31,8 @@ Each source is registered once (:mod:`.sources`) with its loader and its split l
 Modules: :mod:`.labels` (label order and mappings), :mod:`.samples` (samples, image reading,
 :class:`FERDataset`), :mod:`.collect` (raise-or-skip, the image check), :mod:`.csvfile`
 (label files and CSVs), :mod:`.sources` (the registry) and one module per source:
-:mod:`.rafdb`, :mod:`.fer2013`, :mod:`.affectnet`, :mod:`.folder` (imported here, in this
-order, which registers them).
+:mod:`.rafdb`, :mod:`.fer2013`, :mod:`.affectnet`, :mod:`.emotionet`, :mod:`.folder`
+(imported here, in this order, which registers them).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from capsnet_model.datasets.collect import VERIFY_PROGRESS_MIN
 from capsnet_model.datasets.labels import (
     AFFECTNET_EXCLUDED,
     AFFECTNET_LABELS,
+    EMOTIONET_CATEGORIES,
+    EMOTIONET_LABELS,
+    EMOTIONET_UNKNOWN,
     EXPRESSIONS,
     FER2013_LABELS,
     FER2013_PIXELS,
@@ -76,11 +80,15 @@ from capsnet_model.datasets.sources import (
 from capsnet_model.datasets.rafdb import load_rafdb  # isort: skip
 from capsnet_model.datasets.fer2013 import load_fer2013  # isort: skip
 from capsnet_model.datasets.affectnet import load_affectnet  # isort: skip
+from capsnet_model.datasets.emotionet import load_emotionet  # isort: skip
 from capsnet_model.datasets.folder import load_folder  # isort: skip
 
 __all__ = [
     "AFFECTNET_EXCLUDED",
     "AFFECTNET_LABELS",
+    "EMOTIONET_CATEGORIES",
+    "EMOTIONET_LABELS",
+    "EMOTIONET_UNKNOWN",
     "EXPRESSIONS",
     "FER2013_LABELS",
     "FER2013_PIXELS",
@@ -106,6 +114,7 @@ __all__ = [
     "list_datasets",
     "load_affectnet",
     "load_dataset",
+    "load_emotionet",
     "load_fer2013",
     "load_folder",
     "load_rafdb",

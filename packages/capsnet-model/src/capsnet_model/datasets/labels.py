@@ -55,6 +55,49 @@ AFFECTNET_EXCLUDED: dict[int, str] = {
     10: "non-face",
 }
 
+#: EmotioNet's emotion categories -> their prototypical action units: the 6 basic and 17
+#: compound categories of Du, Tao & Martinez (PNAS 2014), the table public EmotioNet tools use
+#: to read a category off an image's AUs (EmotioNet's lists carry AUs, no category).
+EMOTIONET_CATEGORIES: dict[str, tuple[int, ...]] = {
+    "happy": (12, 25),
+    "sad": (4, 15),
+    "fearful": (1, 4, 20, 25),
+    "angry": (4, 7, 24),
+    "surprised": (1, 2, 25, 26),
+    "disgusted": (9, 10, 17),
+    "happily sad": (4, 6, 12, 25),
+    "happily surprised": (1, 2, 12, 25),
+    "happily disgusted": (10, 12, 25),
+    "sadly fearful": (1, 4, 15, 25),
+    "sadly angry": (4, 7, 15),
+    "sadly surprised": (1, 4, 25, 26),
+    "sadly disgusted": (4, 10),
+    "fearfully angry": (4, 20, 25),
+    "fearfully surprised": (1, 2, 5, 20, 25),
+    "fearfully disgusted": (1, 4, 10, 20, 25),
+    "angrily surprised": (4, 25, 26),
+    "disgustedly surprised": (1, 2, 5, 10),
+    "happily fearful": (1, 2, 12, 25, 26),
+    "angrily disgusted": (4, 10, 17),
+    "awed": (1, 2, 5, 25),
+    "appalled": (4, 9, 10),
+    "hatred": (4, 7, 10),
+}
+
+#: EmotioNet's six basic categories -> canonical names. The compound ones have no canonical
+#: class (they are left out and counted); EmotioNet has no neutral category.
+EMOTIONET_LABELS: dict[str, str] = {
+    "happy": "happiness",
+    "sad": "sadness",
+    "fearful": "fear",
+    "angry": "anger",
+    "surprised": "surprise",
+    "disgusted": "disgust",
+}
+
+#: EmotioNet's code for an action unit that was not coded (1: present, 0: absent).
+EMOTIONET_UNKNOWN = 999
+
 #: Class-folder names (lower case) accepted by :func:`load_folder` -> canonical names.
 FOLDER_ALIASES: dict[str, str] = {
     **{name: name for name in EXPRESSIONS},
