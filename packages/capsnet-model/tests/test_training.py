@@ -85,7 +85,8 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert summary["epochs_run"] == 2 and summary["stop_reason"] == "reached 2 epochs"
     info = read_info(out / "best.safetensors")
     assert info.name == "e2capsnet" and info.preprocess.image_size == 64
-    assert info.kwargs == {**TINY, "image_size": 64}
+    # the attention placement is recorded although the config leaves it at its default
+    assert info.kwargs == {**TINY, "image_size": 64, "attention_placement": "before_pool"}
 
 
 def test_best_checkpoint_reproduces_the_reported_test_accuracy(tmp_path: Path) -> None:

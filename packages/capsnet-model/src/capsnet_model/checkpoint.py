@@ -5,6 +5,11 @@ the registry name and keyword arguments, the label names, the :class:`~capsnet_m
 Preprocess` spec and the attention source -- so :func:`load_model` needs nothing else and
 never unpickles anything. Exporters (fer-export) read the same metadata with
 :func:`read_info`.
+
+Keyword arguments whose default changed since a model was first released (registered with
+``changed_defaults``, e.g. E2-Capsnet's ``attention_placement``) are always written, and a
+checkpoint that lacks one was written before the change, so it is read with the old default:
+old checkpoints keep loading the model they were trained as.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import nn
 from capsnet_model._io import atomic_write_bytes
 from capsnet_model.data import Preprocess
 from capsnet_model.datasets import EXPRESSIONS
-from capsnet_model.registry import create_model
+from capsnet_model.registry import create_model, with_changed_defaults
 
 FORMAT = "capsnet-model/1"
 
@@ -38,6 +43,11 @@ class ModelInfo:
     preprocess: Preprocess = field(default_factory=Preprocess)
     attention: str = "template"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Record the current value of every changed default, so that a later default change
+        # cannot alter what this checkpoint rebuilds.
+        self.kwargs = with_changed_defaults(self.name, self.kwargs, old=False)
 
     @property
     def num_classes(self) -> int:
@@ -62,9 +72,12 @@ class ModelInfo:
                 f"{where} is not a capsnet-model checkpoint (format {found!r}, expected {FORMAT!r})"
             )
         try:
+            name = meta["model"]
+            # Missing changed defaults: the checkpoint predates the change (see module doc).
+            kwargs = with_changed_defaults(name, json.loads(meta["model_kwargs"]), old=True)
             return cls(
-                name=meta["model"],
-                kwargs=json.loads(meta["model_kwargs"]),
+                name=name,
+                kwargs=kwargs,
                 labels=tuple(json.loads(meta["labels"])),
                 preprocess=Preprocess.from_dict(json.loads(meta["preprocess"])),
                 attention=meta.get("attention", "template"),

@@ -11,7 +11,7 @@ without attention ignore the argument. All return class scores (B, num_classes).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,20 @@ from capsnet_model.capsules import (
     SoftmaxOver,
     squash,
 )
-from capsnet_model.registry import register_model
+from capsnet_model.registry import ChangedDefault, register_model
 
 # VGG16 stages: (convolutions per stage, channels), each followed by a 2x2 max-pool.
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 ATTENTION_STAGES: tuple[int, ...] = (3, 4)  # 1-based, as in the paper (EAC-Net style)
+
+#: Where the AU attention joins a trunk stage: ``"before_pool"`` (the official E2-Capsnet
+#: code: on the stage's last convolution output, then the stage's max-pool) or
+#: ``"after_pool"`` (after the max-pool: capsnet-model 0.1's placement).
+AttentionPlacement = Literal["before_pool", "after_pool"]
+ATTENTION_PLACEMENTS: tuple[str, ...] = ("before_pool", "after_pool")
+#: Registered with every model whose attention placement default changed (0.1 built
+#: ``after_pool``): a checkpoint that does not record the placement was built with 0.1's.
+_PLACEMENT_CHANGE = {"attention_placement": ChangedDefault(old="after_pool", new="before_pool")}
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -45,10 +54,17 @@ class VGGTrunk(nn.Module):
 
     Five stages (64-64 / 128-128 / 256x3 / 512x3 / 512x3 channels times ``width``), each
     conv3x3-BN-ReLU layers then a 2x2 max-pool: 224 px in -> 512x7x7 out. At every stage ``k``
-    in ``attention_stages`` (1-based) the output becomes
-    ``stage(x) + M * ReLU(maxpool(side_conv3x3(x)))`` where the side convolution maps the
-    stage's input channels to its output channels and ``M`` is the attention map max-pooled
-    to the stage's output size.
+    in ``attention_stages`` (1-based) a side branch ``ReLU(side_conv3x3(x))`` maps the stage's
+    input ``x`` to the stage's output channels and is added, weighted by the attention map
+    ``M`` max-pooled to the size where it joins:
+
+    - ``placement="before_pool"`` (default, the official code):
+      ``maxpool(convs(x) + M * ReLU(side_conv(x)))``, joining at the pre-pool resolution
+      (56x56 and 28x28 at 224 px, 16x16 and 8x8 at 64 px);
+    - ``placement="after_pool"``: ``maxpool(convs(x)) + M * maxpool(ReLU(side_conv(x)))``,
+      joining at the stage's output resolution (28x28 and 14x14 at 224 px).
+
+    Both placements have the same parameters and state-dict keys.
     """
 
     def __init__(
@@ -57,9 +73,14 @@ class VGGTrunk(nn.Module):
         in_channels: int = 3,
         attention_stages: Sequence[int] = (),
         stages: Sequence[tuple[int, int]] = VGG16_STAGES,
+        placement: AttentionPlacement = "before_pool",
     ) -> None:
         super().__init__()
+        if placement not in ATTENTION_PLACEMENTS:
+            valid = ", ".join(repr(p) for p in ATTENTION_PLACEMENTS)
+            raise ValueError(f"attention_placement must be one of {valid}, got {placement!r}")
         self.attention_stages = tuple(attention_stages)
+        self.placement = placement
         self.stages = nn.ModuleList()
         self.side = nn.ModuleDict()
         cin = in_channels
@@ -71,9 +92,10 @@ class VGGTrunk(nn.Module):
             layers.append(nn.MaxPool2d(2))
             self.stages.append(nn.Sequential(*layers))
             if k in self.attention_stages:
-                self.side[str(k)] = nn.Sequential(
-                    nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)
-                )
+                side: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+                if placement == "after_pool":
+                    side.append(nn.MaxPool2d(2))
+                self.side[str(k)] = nn.Sequential(*side)
             cin = cout
         self.out_channels = cin
         self.reduction = 2 ** len(stages)
@@ -82,12 +104,22 @@ class VGGTrunk(nn.Module):
         if self.attention_stages and attention is None:
             raise ValueError("this trunk uses attention: pass an attention map (B, 1, H, W)")
         for k, stage in enumerate(self.stages, start=1):
-            out = stage(x)  # (B, C_k, H_k, W_k)
-            if k in self.attention_stages:
-                assert attention is not None
-                m = F.adaptive_max_pool2d(attention, out.shape[-2:])  # (B, 1, H_k, W_k)
-                out = out + m * self.side[str(k)](x)
-            x = out
+            if k not in self.attention_stages:
+                x = stage(x)
+                continue
+            assert attention is not None
+            side = self.side[str(k)](x)
+            if self.placement == "before_pool":
+                *convs, pool = stage.children()  # conv-BN-ReLU layers, then the max-pool
+                out = x
+                for layer in convs:
+                    out = layer(out)  # (B, C_k, 2 H_k, 2 W_k)
+                m = F.adaptive_max_pool2d(attention, out.shape[-2:])
+                x = pool(out + m * side)
+            else:
+                out = stage(x)  # (B, C_k, H_k, W_k)
+                m = F.adaptive_max_pool2d(attention, out.shape[-2:])
+                x = out + m * side
         return x
 
 
@@ -115,9 +147,12 @@ class E2Capsnet(nn.Module):
     (attention at stages 3 and 4) -> 512x7x7 at 224 px -> :class:`PrimaryCapsules` (1152
     capsules of 8-D) -> :class:`DynamicRouting` to ``num_classes`` 16-D capsules -> lengths.
     With ``use_attention=False`` it is RCCnet (capsules without attention), which ignores
-    the map. ``length_softmax=True`` reproduces the official code's softmax over the capsule
-    lengths (a defect: the lengths are already class scores). ``decoder=True`` adds a
-    reconstruction decoder (:meth:`reconstruct`), never used by ``forward``.
+    the map. ``attention_placement`` says where the attention joins the trunk (see
+    :class:`VGGTrunk`; default ``"before_pool"`` as in the official code, ``"after_pool"`` as
+    capsnet-model 0.1 built it). ``length_softmax=True`` reproduces the official code's
+    softmax over the capsule lengths (a defect: the lengths are already class scores).
+    ``decoder=True`` adds a reconstruction decoder (:meth:`reconstruct`), never used by
+    ``forward``.
     """
 
     def __init__(
@@ -135,14 +170,19 @@ class E2Capsnet(nn.Module):
         primary_channels: int = 32,
         class_caps_dim: int = 16,
         decoder_hidden: tuple[int, ...] = (512, 1024),
+        attention_placement: AttentionPlacement = "before_pool",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.image_size = image_size
         self.length_softmax = length_softmax
         self.use_attention = use_attention
+        self.attention_placement = attention_placement
         self.trunk = VGGTrunk(
-            width, in_channels, attention_stages=ATTENTION_STAGES if use_attention else ()
+            width,
+            in_channels,
+            attention_stages=ATTENTION_STAGES if use_attention else (),
+            placement=attention_placement,
         )
         feat = image_size // self.trunk.reduction
         if feat < 2:
@@ -194,7 +234,8 @@ class VGGClassifier(nn.Module):
 
     Takes the attention map only when ``use_attention`` (``None`` -> template map); otherwise
     ignores it. Head: flatten -> hidden -> ReLU -> dropout -> hidden -> ReLU -> dropout ->
-    num_classes, ``hidden = 4096 * width`` unless given.
+    num_classes, ``hidden = 4096 * width`` unless given. ``attention_placement`` as in
+    :class:`E2Capsnet`.
     """
 
     def __init__(
@@ -206,13 +247,18 @@ class VGGClassifier(nn.Module):
         in_channels: int = 3,
         hidden: int | None = None,
         dropout: float = 0.5,
+        attention_placement: AttentionPlacement = "before_pool",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.image_size = image_size
         self.use_attention = use_attention
+        self.attention_placement = attention_placement
         self.trunk = VGGTrunk(
-            width, in_channels, attention_stages=ATTENTION_STAGES if use_attention else ()
+            width,
+            in_channels,
+            attention_stages=ATTENTION_STAGES if use_attention else (),
+            placement=attention_placement,
         )
         feat = image_size // self.trunk.reduction
         if feat < 1:
@@ -297,7 +343,7 @@ def vgg16_bn(num_classes: int = 7, **kw: Any) -> nn.Module:
     return VGGClassifier(num_classes=num_classes, use_attention=False, **kw)
 
 
-@register_model("avggnet")
+@register_model("avggnet", changed_defaults=_PLACEMENT_CHANGE)
 def avggnet(num_classes: int = 7, **kw: Any) -> nn.Module:
     """AVGGnet: VGG16-BN with AU attention at stages 3-4, no capsules (takes the map)."""
     return VGGClassifier(num_classes=num_classes, use_attention=True, **kw)
@@ -315,13 +361,13 @@ def capsnet(num_classes: int = 7, **kw: Any) -> nn.Module:
     return CapsNet(num_classes=num_classes, **kw)
 
 
-@register_model("e2capsnet")
+@register_model("e2capsnet", changed_defaults=_PLACEMENT_CHANGE)
 def e2capsnet(num_classes: int = 7, **kw: Any) -> nn.Module:
     """Full E2-Capsnet at 224 px (takes the attention map; ``None`` -> template)."""
     return E2Capsnet(num_classes=num_classes, **kw)
 
 
-@register_model("e2capsnet_small")
+@register_model("e2capsnet_small", changed_defaults=_PLACEMENT_CHANGE)
 def e2capsnet_small(num_classes: int = 7, **kw: Any) -> nn.Module:
     """E2-Capsnet at width 1/8 and 64 px input, trains in minutes on CPU (takes the map)."""
     kw.setdefault("width", 1 / 8)
