@@ -156,7 +156,7 @@ BAD = {
         ("eval", "correct_reward"),
         "'exact_match' is not one of the run's rewards (one_of)",
     ),
-    "rollout_backend": (["rollout.backend=vllm"], ("rollout", "backend"), "valid names: hf"),
+    "rollout_backend": (["rollout.backend=vlm"], ("rollout", "backend"), "valid names: hf, vllm"),
     "max_steps": (["max_steps=0"], ("max_steps",), "must be > 0"),
     "embedded_column": (
         ["data.prompt_column=problem"],

@@ -491,8 +491,8 @@ def test_unknown_names_list_the_valid_ones(tmp_path, tiny_model_dir, digit_data)
         make(tmp_path, tiny_model_dir, digit_data, **{"algorithm.advantage": "gpro"})
     with pytest.raises(ValueError, match="token-mean"):
         make(tmp_path, tiny_model_dir, digit_data, **{"algorithm.aggregation": "mean"})
-    with pytest.raises(ValueError, match="hf"):
-        make(tmp_path, tiny_model_dir, digit_data, **{"rollout.backend": "vllm"})
+    with pytest.raises(ValueError, match="hf, vllm"):
+        make(tmp_path, tiny_model_dir, digit_data, **{"rollout.backend": "vlm"})
 
 
 @pytest.mark.parametrize("lora", [False, True])
