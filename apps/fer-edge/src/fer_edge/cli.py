@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not serve /docs, /redoc and /openapi.json",
     )
     serve.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="do not serve the demo page at / (upload a photo or use the webcam in a browser)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
     )
     return parser
@@ -357,6 +362,7 @@ def _serve(args: argparse.Namespace) -> int:
                 request_timeout_s=args.request_timeout,
                 api_key=api_key,
                 docs=not args.no_docs,
+                demo=not args.no_demo,
                 max_pixels=int(max_pixels),
             )
         except ValueError as exc:  # an API key that cannot travel in a header
@@ -370,6 +376,7 @@ def _serve(args: argparse.Namespace) -> int:
         host = f"[{args.host}]" if ":" in args.host else args.host
         extras = [f"API key from {key_source}" if api_key else "no API key"]
         extras.append("no /docs" if args.no_docs else "docs at /docs")
+        extras.append("no demo page" if args.no_demo else f"demo page at http://{host}:{port}/")
         print(
             f"fer-edge: serving {session.path.name} ({session.contract.model_name or 'model'}, "
             f"provider {session.provider}) on http://{host}:{port} ({'; '.join(extras)})",

@@ -9,6 +9,9 @@ Endpoints:
 * ``GET /health`` -- ``{"status": "ok", "provider", "model", ...}``; never needs the API key.
 * ``GET /metadata`` -- the model's preprocessing contract (labels, input size, precision...).
 * ``GET /metrics`` -- Prometheus text (:mod:`fer_edge.metrics`).
+* ``GET /`` -- the demo page (``fer_edge/static``: upload a photo or use the webcam, see each
+  face's box, label and probabilities and the model's metadata); its files ship in the wheel and
+  it loads nothing from elsewhere. ``demo=False``: 404.
 * ``/docs``, ``/redoc``, ``/openapi.json`` -- the OpenAPI description (``docs=False``: 404).
 
 Errors are JSON ``{"error": <short code>, "detail": <what was wrong>}``: 400 empty body /
@@ -46,6 +49,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,9 +97,23 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics")
-#: Paths answered without the API key: liveness probes cannot be given secrets everywhere.
-OPEN_PATHS = frozenset({"/health"})
+#: The demo page's files (in ``fer_edge/static``): path -> (file name, media type).
+DEMO_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+#: The demo page may talk to this server only, and run no inline script (it draws what the
+#: server answers with textContent and canvas calls; this keeps it that way).
+DEMO_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+ENDPOINTS = ("/predict", "/health", "/metadata", "/metrics", *DEMO_FILES)
+#: Paths answered without the API key: liveness probes cannot be given secrets everywhere, and
+#: the demo page's files hold no data (the page asks for the key before it calls the API).
+OPEN_PATHS = frozenset({"/health", *DEMO_FILES})
 _RAW_TYPES = ("image/", "application/octet-stream")
 #: Seconds allowed for a whole request body to arrive.
 DEFAULT_BODY_TIMEOUT_S = 30.0
@@ -404,6 +422,30 @@ async def _image_bytes(request: Request, limit: int, timeout: float | None) -> b
     return data
 
 
+def _demo_pages() -> dict[str, tuple[bytes, str]]:
+    """The demo page's files, read once from the package: path -> (bytes, media type)."""
+    folder = resources.files("fer_edge") / "static"
+    return {
+        route: ((folder / name).read_bytes(), media_type)
+        for route, (name, media_type) in DEMO_FILES.items()
+    }
+
+
+def _static_endpoint(body: bytes, media_type: str) -> Callable[[], Awaitable[Response]]:
+    async def serve() -> Response:
+        return Response(
+            body,
+            media_type=media_type,
+            headers={
+                "Content-Security-Policy": DEMO_CSP,
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-cache",
+            },
+        )
+
+    return serve
+
+
 def _give_up(task: asyncio.Future[Any], release: Callable[[], None]) -> None:
     """Cancel a pending semaphore acquisition; a permit it obtained anyway goes back."""
     task.add_done_callback(
@@ -424,6 +466,7 @@ def create_app(
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
     api_key: str | None = None,
     docs: bool = True,
+    demo: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     providers: str | Sequence[str] = "auto",
     **session_kwargs: Any,
@@ -449,6 +492,7 @@ def create_app(
         api_key: if given, every request but ``GET /health`` must send it as ``X-API-Key`` or
             ``Authorization: Bearer`` (401 otherwise). Printable ASCII, no spaces.
         docs: serve ``/docs``, ``/redoc`` and ``/openapi.json``.
+        demo: serve the demo page at ``/`` (and its ``/static/`` files).
         max_pixels: largest image (width x height) decoded; a larger one is refused with 413
             from its header alone, before any decoding (decompression bombs: a few hundred KB
             of PNG can claim gigabytes of pixels). ``None``: no limit.
@@ -667,6 +711,16 @@ def create_app(
     async def prometheus() -> Response:
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if demo:
+        pages = _demo_pages()
+        for route, (body, media_type) in pages.items():
+            app.add_api_route(
+                route,
+                _static_endpoint(body, media_type),
+                methods=["GET"],
+                include_in_schema=False,
+            )
 
     if key_digest is not None:
         app.add_middleware(_RequireKey, digest=key_digest, metrics=metrics)
