@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="process every N-th image/frame only (default 1)",
     )
     run.add_argument("--recursive", action="store_true", help="include subfolders")
+    run.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress on stderr (stdout stays the JSON lines): auto = on for folders, videos "
+        "and cameras when stderr is a terminal (default); on = also in logs, a line every 5 s",
+    )
     run.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON")
 
     serve = sub.add_parser(
@@ -246,6 +253,7 @@ def _load_session(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from fer_edge.pipeline import run_source
+    from fer_edge.progress import Progress, expected_items
     from fer_edge.sources import SourceError, open_source
 
     max_pixels = _max_pixels(args)
@@ -264,6 +272,15 @@ def _run(args: argparse.Namespace) -> int:
                 out = stack.enter_context(open(args.out, "w", encoding="utf-8"))
             except OSError as exc:
                 raise UsageError(f"cannot write {args.out}: {exc}") from exc
+        progress = None
+        wanted = args.progress == "on" or (
+            args.progress == "auto" and source.kind != "image" and sys.stderr.isatty()
+        )
+        if wanted:
+            progress = Progress(
+                expected_items(source.total, args.every, args.max_frames),
+                "frames" if source.kind in ("video", "camera") else "images",
+            )
         try:
             summary = run_source(
                 session,
@@ -274,6 +291,7 @@ def _run(args: argparse.Namespace) -> int:
                 every=args.every,
                 max_frames=args.max_frames,
                 annotate=args.annotate,
+                progress=progress,
             )
         except OSError as exc:
             raise UsageError(str(exc)) from exc

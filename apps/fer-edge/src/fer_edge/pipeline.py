@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from fer_edge.annotate import draw_predictions
+from fer_edge.progress import Progress
 from fer_edge.sources import Item, Skipped, Source
 from fer_export.runtime import FERSession, Prediction
 
@@ -180,6 +181,7 @@ def run_source(
     every: int = 1,
     max_frames: int | None = None,
     annotate: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> Summary:
     """Run ``session`` over ``source``, write JSON lines to ``out``; returns the summary.
 
@@ -191,7 +193,8 @@ def run_source(
 
     ``every``: only every ``every``-th frame/image; ``max_frames``: stop after that many;
     ``annotate``: where annotated output goes (see :class:`_Annotator`). A
-    ``KeyboardInterrupt`` ends the run cleanly (``summary.interrupted``).
+    ``KeyboardInterrupt`` ends the run cleanly (``summary.interrupted``). ``progress``: told
+    after every batch (:class:`fer_edge.progress.Progress`, on stderr) and closed at the end.
     """
     if batch < 1 or every < 1:
         raise ValueError(f"batch and every must be >= 1, got {batch} and {every}")
@@ -246,11 +249,15 @@ def run_source(
                         annotator.write(item, item.rgb, preds)
                 out.write(json.dumps(record) + "\n")
             out.flush()
+            if progress is not None:
+                progress.update(len(group), sum(len(preds) for preds in results))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         summary.wall_s = time.perf_counter() - start
         summary.warnings.extend(source.warnings)
+        if progress is not None:
+            progress.close()
         if annotator is not None:
             annotator.close()
         source.close()

@@ -84,6 +84,11 @@ class Source:
         """How many folder entries were not processed."""
         return len(self.skipped_entries)
 
+    @property
+    def total(self) -> int | None:
+        """How many items iteration yields, when known (progress display); None otherwise."""
+        return None
+
     def __iter__(self) -> Iterator[Item]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -95,6 +100,10 @@ class ImageSource(Source):
     """A single image file."""
 
     kind = "image"
+
+    @property
+    def total(self) -> int | None:
+        return 1
 
     def __iter__(self) -> Iterator[Item]:
         path = Path(self.spec)
@@ -173,6 +182,10 @@ class FolderSource(Source):
             else:
                 self.files.append(path)
 
+    @property
+    def total(self) -> int | None:
+        return len(self.files)
+
     def __iter__(self) -> Iterator[Item]:
         for index, path in enumerate(self.files):
             yield _decode_file(index, self._name(path), path, self.max_pixels)
@@ -195,6 +208,10 @@ class CaptureSource(Source):
         count = 0.0 if camera else float(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
         #: Frames the container announces (0: unknown, and always for cameras).
         self.frame_count = int(count) if 0 < count < 1e9 else 0
+
+    @property
+    def total(self) -> int | None:
+        return self.frame_count or None
 
     def __iter__(self) -> Iterator[Item]:
         index = 0
