@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fer_export import triton
 from fer_export.contract import ContractError, ModelLoadError, read_model
 
 __all__ = ["main"]
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ben.add_argument("--no-floor", action="store_true", help="skip measuring the CPU fp32 peak")
     ben.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    triton.add_parser(sub)
     return parser
 
 
@@ -361,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify": _cmd_verify,
         "info": _cmd_info,
         "bench": _cmd_bench,
+        "triton": triton.command,
     }
     try:
         return handlers[args.command](args)

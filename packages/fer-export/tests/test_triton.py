@@ -1,0 +1,714 @@
+"""``fer-export triton``: the model repository, Triton's own config schema, and a real server.
+
+Three layers:
+
+* always: the repository's files and ``config.pbtxt``'s fields, read with the small text-format
+  reader below (the main environment has no Triton packages);
+* with ``FER_TRITON_PYTHON`` (the venv ``.ci/triton-env`` builds: nvidia-pytriton 0.7.0,
+  tritonclient, onnxruntime; numpy<2 keeps it out of the workspace): ``config.pbtxt`` parsed
+  with Triton's ``model_config_pb2`` schema, round-tripped, and checked against the model;
+* also with it: the python-backend twin of the repository served by the ``tritonserver``
+  binary pytriton bundles (2.51, python backend only), on 127.0.0.1, CPU, and
+  :class:`TritonFERClient` run in that venv over HTTP and gRPC with concurrent requests,
+  compared with :class:`FERSession` on the same images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+import fer_export.triton as triton
+from fer_export.cli import main
+from fer_export.contract import read_model
+from fer_export.runtime import FERSession
+from fer_export.triton import (
+    RepositoryExistsError,
+    TritonClientMissingError,
+    TritonConfigError,
+    TritonOptions,
+    load_contract,
+    write_repository,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+FER_IMAGES_SRC = Path(__file__).resolve().parents[2] / "fer-images" / "src"
+TRITON_PYTHON = os.environ.get("FER_TRITON_PYTHON", "")
+#: Longest wait for the bundled server to load the model (it takes ~3 s here).
+SERVER_START_S = 45.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A small reader of protobuf text format (enough for config.pbtxt): messages become dicts of
+# field name -> list of values; scalars stay text (strings unquoted and unescaped).
+
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"#]+')
+
+
+def _tokens(text: str) -> list[str]:
+    out = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        assert match, f"cannot read config.pbtxt at {text[position : position + 30]!r}"
+        token = match.group()
+        position = match.end()
+        if not token.isspace() and not token.startswith("#"):
+            out.append(token)
+    return out
+
+
+def _unquote(token: str) -> str:
+    raw = token[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+    return raw.encode("latin-1").decode("utf-8")
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """config.pbtxt as nested dicts (every field a list of values)."""
+    tokens = _tokens(text)
+    index = 0
+
+    def value() -> Any:
+        nonlocal index
+        token = tokens[index]
+        index += 1
+        if token == "{":
+            return message("}")
+        if token.startswith('"'):
+            return _unquote(token)
+        return token
+
+    def message(end: str | None) -> dict[str, list[Any]]:
+        nonlocal index
+        fields: dict[str, list[Any]] = {}
+        while index < len(tokens) and tokens[index] != end:
+            name = tokens[index]
+            index += 1
+            if tokens[index] == ":":
+                index += 1
+            if tokens[index] == "[":
+                index += 1
+                while tokens[index] != "]":
+                    fields.setdefault(name, []).append(value())
+                    if tokens[index] == ",":
+                        index += 1
+                index += 1
+            else:
+                fields.setdefault(name, []).append(value())
+            if index < len(tokens) and tokens[index] == ",":
+                index += 1
+        index += 1
+        return fields
+
+    return message(None)
+
+
+def one(fields: dict[str, list[Any]], name: str) -> Any:
+    values = fields.get(name, [])
+    assert len(values) == 1, f"{name}: expected one value, got {values}"
+    return values[0]
+
+
+def parameters(fields: dict[str, list[Any]]) -> dict[str, str]:
+    return {
+        one(p, "key"): one(one(p, "value"), "string_value") for p in fields.get("parameters", [])
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Always: the files and fields
+
+
+def test_baked_model_repository(model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    folder = write_repository(model_path, out)
+    assert folder == out / "tiny"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
+        "1",
+        "1/fer_contract.json",
+        "1/model.onnx",
+        "config.pbtxt",
+        "labels.txt",
+    ]
+    assert (folder / "1" / "model.onnx").read_bytes() == model_path.read_bytes()
+    assert (folder / "labels.txt").read_text().splitlines() == [
+        "neutral",
+        "happiness",
+        "surprise",
+        "sadness",
+    ]
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert one(config, "name") == "tiny"
+    assert one(config, "platform") == "onnxruntime_onnx"
+    assert one(config, "backend") == "onnxruntime"
+    assert one(config, "max_batch_size") == "32"
+    (image,) = config["input"]
+    assert one(image, "name") == "image" and one(image, "data_type") == "TYPE_FP32"
+    assert image["dims"] == ["3", "16", "16"]
+    (scores,) = config["output"]
+    assert one(scores, "name") == "scores" and one(scores, "data_type") == "TYPE_FP32"
+    assert scores["dims"] == ["4"] and one(scores, "label_filename") == "labels.txt"
+    batching = one(config, "dynamic_batching")
+    assert batching["preferred_batch_size"] == ["8", "32"]
+    assert one(batching, "max_queue_delay_microseconds") == "500"
+    (group,) = config["instance_group"]
+    assert one(group, "kind") == "KIND_GPU" and one(group, "count") == "1"
+    assert "optimization" not in config
+    (warmup,) = config["model_warmup"]
+    assert [one(i, "key") for i in warmup["inputs"]] == ["image"]
+    metadata = read_model(model_path).metadata
+    assert parameters(config) == {k: v for k, v in metadata.items() if k.startswith("fer.")}
+
+
+def test_input_attention_model_repository(attention_model_path: Path, tmp_path: Path) -> None:
+    folder = write_repository(attention_model_path, tmp_path / "repo", name="fer_att")
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert one(config, "name") == "fer_att"
+    inputs = {one(i, "name"): i for i in config["input"]}
+    assert sorted(inputs) == ["attention", "image"]
+    assert inputs["attention"]["dims"] == ["1", "16", "16"]
+    assert one(inputs["attention"], "data_type") == "TYPE_FP32"
+    assert inputs["image"]["dims"] == ["3", "16", "16"]
+    (warmup,) = config["model_warmup"]
+    assert sorted(one(i, "key") for i in warmup["inputs"]) == ["attention", "image"]
+    assert parameters(config)["fer.attention"] == "input"
+    document = json.loads((folder / "1" / "fer_contract.json").read_text())
+    assert document["attention"] == "input"
+    assert document["au_template"]["centres"] == [[30.0, 35.0], [70.0, 35.0], [50.0, 75.0]]
+    assert [t["name"] for t in document["inputs"]] == ["image", "attention"]
+    assert document["inputs"][1]["shape"] == [-1, 1, 16, 16]
+    assert (
+        load_contract(folder / "1" / "fer_contract.json")
+        == read_model(attention_model_path).contract
+    )
+
+
+def test_contract_json_has_what_a_client_needs(model_path: Path, tmp_path: Path) -> None:
+    contract = read_model(model_path).contract
+    folder = write_repository(model_path, tmp_path / "repo")
+    document = json.loads((folder / "1" / "fer_contract.json").read_text())
+    assert document["labels"] == list(contract.labels)
+    assert document["input_size"] == 16
+    assert document["mean"] == [0.5, 0.4, 0.3] and document["std"] == [0.25, 0.2, 0.3]
+    assert document["pixel_scale"] == pytest.approx(1 / 255)
+    assert document["channel_order"] == "RGB" and document["face_margin"] == 0.15
+    assert document["attention"] == "baked" and document["layout"] == "NCHW"
+    assert document["metadata"] == read_model(model_path).metadata
+    assert load_contract(folder / "1" / "fer_contract.json") == contract
+    assert load_contract(model_path) == contract
+
+
+def test_tensorrt_fp16_and_cpu_variant(attention_model_path: Path, tmp_path: Path) -> None:
+    options = TritonOptions(max_batch=16, fp16=True, trt_cache_dir="/cache/trt", instances=2)
+    folder = write_repository(attention_model_path, tmp_path / "gpu", options=options)
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert one(config, "max_batch_size") == "16"
+    assert one(one(config, "dynamic_batching"), "preferred_batch_size") == "8"
+    (group,) = config["instance_group"]
+    assert one(group, "kind") == "KIND_GPU" and one(group, "count") == "2"
+    accelerators = one(one(config, "optimization"), "execution_accelerators")
+    (trt,) = accelerators["gpu_execution_accelerator"]
+    assert one(trt, "name") == "tensorrt"
+    trt_parameters = {one(p, "key"): one(p, "value") for p in trt["parameters"]}
+    assert trt_parameters["precision_mode"] == "FP16"
+    assert trt_parameters["trt_engine_cache_path"] == "/cache/trt"
+    assert trt_parameters["trt_profile_max_shapes"] == "image:16x3x16x16,attention:16x1x16x16"
+    assert trt_parameters["trt_profile_min_shapes"] == "image:1x3x16x16,attention:1x1x16x16"
+
+    cpu = TritonOptions(kind="cpu", preferred_batch=(4, 2, 4), queue_delay_us=0, warmup=False)
+    folder = write_repository(attention_model_path, tmp_path / "cpu", options=cpu)
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert one(one(config, "instance_group"), "kind") == "KIND_CPU"
+    assert one(config, "dynamic_batching")["preferred_batch_size"] == ["2", "4"]
+    assert "optimization" not in config and "model_warmup" not in config
+
+    with pytest.raises(TritonConfigError, match="kind is 'cpu', expected 'gpu' with TensorRT"):
+        TritonOptions(kind="cpu", tensorrt=True)
+
+
+def test_python_backend_twin(model_path: Path, tmp_path: Path) -> None:
+    options = TritonOptions(backend="python", kind="cpu")
+    folder = write_repository(model_path, tmp_path / "repo", options=options)
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert one(config, "backend") == "python" and "platform" not in config
+    onnxruntime = parse_pbtxt(
+        (write_repository(model_path, tmp_path / "ort", options=TritonOptions(kind="cpu")))
+        .joinpath("config.pbtxt")
+        .read_text()
+    )
+    for key in ("input", "output", "max_batch_size", "dynamic_batching", "instance_group"):
+        assert config[key] == onnxruntime[key], key
+    source = (folder / "1" / "model.py").read_text()
+    compile(source, "model.py", "exec")
+    assert (folder / "1" / "model.onnx").read_bytes() == model_path.read_bytes()
+
+
+def test_cli_writes_the_repository(model_path: Path, tmp_path: Path) -> None:
+    """The contract checked from outside: ``fer-export triton MODEL --out DIR``."""
+    out = tmp_path / "models"
+    done = subprocess.run(
+        [sys.executable, "-m", "fer_export.cli", "triton", str(model_path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "tiny" / "config.pbtxt").is_file()
+    assert (out / "tiny" / "1" / "model.onnx").is_file()
+    assert f"wrote {out / 'tiny'}" in done.stdout
+    code = main(
+        ["triton", str(model_path), "--out", str(out), "--name", "other", "--kind", "cpu",
+         "--max-batch", "8", "--preferred-batch", "2", "4"]
+    )  # fmt: skip
+    assert code == 0
+    config = parse_pbtxt((out / "other" / "config.pbtxt").read_text())
+    assert one(config, "name") == "other" and one(config, "max_batch_size") == "8"
+    assert one(config, "dynamic_batching")["preferred_batch_size"] == ["2", "4"]
+    assert one(one(config, "instance_group"), "kind") == "KIND_CPU"
+
+
+def test_existing_target_needs_force(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "repo"
+    (out / "tiny").mkdir(parents=True)  # an empty folder is taken over
+    write_repository(model_path, out)
+    (out / "tiny" / "note.txt").write_text("mine")
+    before = sorted(p.name for p in (out / "tiny").iterdir())
+    assert main(["triton", str(model_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fer-export: error: ") and err.count("\n") == 1
+    assert f"{out / 'tiny'} exists and is not empty" in err and "--force" in err
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == before
+    with pytest.raises(RepositoryExistsError):
+        write_repository(model_path, out)
+    assert main(["triton", str(model_path), "--out", str(out), "--force"]) == 0
+    assert not (out / "tiny" / "note.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "tiny.onnx"]
+
+
+def test_failure_leaves_nothing_behind(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "repo"
+    write_repository(model_path, out, name="old")
+    real_write = triton._write
+    calls = []
+
+    def failing(path: Path, data: bytes) -> None:
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(triton, "_write", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_repository(model_path, out)
+    calls.clear()
+    with pytest.raises(OSError, match="No space left"):
+        write_repository(model_path, out, name="old", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["old"]  # no 'tiny', old kept whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "tiny.onnx"]
+    assert (out / "old" / "1" / "model.onnx").read_bytes() == model_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-batch", "0"], "--max-batch is 0, expected an integer from 1"),
+        (["--preferred-batch", "64"], "--preferred-batch is (64,), expected batch sizes from 1"),
+        (["--name", "../up"], "model name '../up' is not usable"),
+        (["--name", ".hidden"], "model name '.hidden' is not usable"),
+        (["--kind", "cpu", "--fp16"], "kind is 'cpu', expected 'gpu' with TensorRT"),
+        (["--backend", "python", "--tensorrt"], "backend is 'python', expected 'onnxruntime'"),
+        (["--trt-cache", 'a"b', "--tensorrt"], "trt_cache_dir is 'a\"b'"),
+        (["--queue-delay-us", "-1"], "queue_delay_us is -1, expected an integer >= 0"),
+    ],
+)
+def test_bad_options_are_one_line(
+    model_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "repo"
+    assert main(["triton", str(model_path), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fer-export: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_models_are_one_line(
+    make_model: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    static = make_model("static.onnx", image_shape=(2, 3, 16, 16), batch_dim=2)
+    missing = tmp_path / "missing.onnx"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not onnx at all")
+    cases = [
+        (static, "has a static batch size of 2"),
+        (missing, "ONNX file not found"),
+        (garbage, "not a readable ONNX model"),
+    ]
+    for path, message in cases:
+        assert main(["triton", str(path), "--out", str(tmp_path / "repo")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fer-export: error: ") and message in err, err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["triton", str(make_model()), "--out", str(a_file)]) == 2
+    assert "is a file, expected a folder" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_default_name_is_made_usable(make_model: Any, helpers: Any, tmp_path: Path) -> None:
+    path = make_model("m.onnx", contract=helpers.tiny_contract(model_name="E2 Capsnet/small v1"))
+    assert write_repository(path, tmp_path / "repo").name == "E2_Capsnet_small_v1"
+    path = make_model("fallback.onnx", contract=helpers.tiny_contract(model_name=""))
+    assert write_repository(path, tmp_path / "repo").name == "fallback"
+
+
+def test_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tritonclient", None)
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)
+    with pytest.raises(TritonClientMissingError, match=r'pip install "tritonclient\[grpc\]"'):
+        triton.TritonFERClient("localhost:8001", "fer", "grpc")
+    with pytest.raises(ValueError, match="protocol is 'ws'"):
+        triton.TritonFERClient("localhost:8001", "fer", "ws")
+
+
+def test_pixel_limit_is_fersession_default() -> None:
+    from fer_images import DEFAULT_MAX_PIXELS
+
+    assert triton.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS
+
+
+# ---------------------------------------------------------------------------------------------
+# With FER_TRITON_PYTHON: Triton's own schema, and a real server
+
+
+def _triton_python() -> Path:
+    if not TRITON_PYTHON:
+        pytest.skip(
+            "FER_TRITON_PYTHON is not set: run .ci/triton-env (it builds a Python 3.11 venv "
+            "with nvidia-pytriton, tritonclient, onnxruntime) and set it to the python it prints"
+        )
+    python = Path(TRITON_PYTHON)
+    if not python.is_file():
+        pytest.skip(f"FER_TRITON_PYTHON={TRITON_PYTHON} is not a file")
+    return python
+
+
+def _venv_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for the venv's python: fer_export and fer_images from this checkout, with
+    stand-in distribution metadata (their __init__ reads their version from it)."""
+    from importlib import metadata
+
+    shim = tmp_path / "dist-shim"
+    for dist, module in (("fer-export", "fer_export"), ("fer-images", "fer_images")):
+        version = metadata.version(dist)
+        info = shim / f"{module}-{version}.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(FER_IMAGES_SRC), str(shim)])
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def _run_venv(python: Path, script: str, tmp_path: Path, timeout: float = 120) -> Any:
+    """The JSON that ``script`` prints on its last line, run by the venv's python."""
+    done = subprocess.run(
+        [str(python), "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_venv_env(tmp_path),
+    )
+    assert done.returncode == 0, f"venv script failed:\n{done.stderr[-4000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+_SCHEMA_SCRIPT = """
+    import json, sys
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    out = {}
+    for path in sys.argv[1:]:
+        text = open(path, encoding="utf-8").read()
+        config = text_format.Parse(text, mc.ModelConfig())
+        again = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
+        wire = mc.ModelConfig.FromString(config.SerializeToString())
+        out[path] = {
+            "round_trip": again == config and wire == config,
+            "config": json_format.MessageToDict(config, preserving_proto_field_name=True),
+        }
+    print(json.dumps(out))
+"""
+
+
+def test_config_parses_with_triton_schema(
+    model_path: Path, attention_model_path: Path, tmp_path: Path
+) -> None:
+    python = _triton_python()
+    repo = tmp_path / "repo"
+    variants = {
+        "baked": (model_path, TritonOptions()),
+        "attention": (attention_model_path, TritonOptions()),
+        "trt": (attention_model_path, TritonOptions(fp16=True, trt_cache_dir="/c", gpus=(0, 1))),
+        "cpu": (model_path, TritonOptions(kind="cpu", preferred_batch=(2,), warmup=False)),
+        "twin": (attention_model_path, TritonOptions(backend="python", kind="cpu")),
+    }
+    paths = {}
+    for name, (model, options) in variants.items():
+        paths[name] = write_repository(model, repo, name=name, options=options) / "config.pbtxt"
+    script = _SCHEMA_SCRIPT.replace("sys.argv[1:]", repr([str(p) for p in paths.values()]))
+    parsed = _run_venv(python, script, tmp_path)
+    for name, (model, options) in variants.items():
+        result = parsed[str(paths[name])]
+        assert result["round_trip"], name
+        config = result["config"]
+        loaded = read_model(model)
+        contract = loaded.contract
+        s = contract.input_size
+        want_inputs = {"image": ["3", str(s), str(s)]}
+        if contract.attention == "input":
+            want_inputs["attention"] = ["1", str(s), str(s)]
+        # int64 dims are strings in protobuf's JSON mapping
+        assert {i["name"]: i["dims"] for i in config["input"]} == want_inputs, name
+        assert all(i["data_type"] == "TYPE_FP32" for i in config["input"]), name
+        assert [(o["name"], o["dims"], o["data_type"]) for o in config["output"]] == [
+            ("scores", [str(contract.num_classes)], "TYPE_FP32")
+        ], name
+        assert config["max_batch_size"] == options.max_batch, name
+        assert config["dynamic_batching"]["preferred_batch_size"] == list(options.batch_sizes)
+        group = config["instance_group"][0]
+        assert group["kind"] == ("KIND_GPU" if options.kind == "gpu" else "KIND_CPU"), name
+        if options.backend == "python":
+            assert config["backend"] == "python" and "platform" not in config
+        else:
+            assert (config["platform"], config["backend"]) == ("onnxruntime_onnx", "onnxruntime")
+        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        assert params == {k: v for k, v in loaded.metadata.items() if k.startswith("fer.")}
+        if options.tensorrt:
+            (trt,) = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+            assert trt["name"] == "tensorrt" and trt["parameters"]["precision_mode"] == "FP16"
+            assert group["gpus"] == [0, 1]
+        else:
+            assert "optimization" not in config, name
+
+
+# -- the bundled server -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_paths(python: Path) -> dict[str, Path]:
+    """The bundled server's files in the venv, and the base Python's lib folder; skips when
+    one is missing."""
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import json, sys, sysconfig, pathlib, pytriton; "
+            "root = pathlib.Path(pytriton.__file__).parent; "
+            "print(json.dumps({'root': str(root), 'libdir': sysconfig.get_config_var('LIBDIR'), "
+            "'ldlibrary': sysconfig.get_config_var('LDLIBRARY'), "
+            "'version': '%d.%d' % sys.version_info[:2]}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"pytriton does not import in {python}: {probe.stderr.strip()[-300:]}")
+    info = json.loads(probe.stdout)
+    root = Path(info["root"]) / "tritonserver"
+    paths = {
+        "binary": root / "bin" / "tritonserver",
+        "backends": root / "backends",
+        "caches": root / "caches",
+        "stub": root / "python_backend_stubs" / info["version"] / "triton_python_backend_stub",
+        "libs": Path(info["root"]).parent / "nvidia_pytriton.libs",
+        "libpython": Path(info["libdir"] or "") / (info["ldlibrary"] or "libpython"),
+    }
+    for what, path in paths.items():
+        if not path.exists():
+            pytest.skip(f"the bundled Triton server needs {what} at {path}, which is missing")
+    return paths
+
+
+@contextlib.contextmanager
+def _bundled_server(python: Path, repository: Path, work: Path) -> Iterator[dict[str, Any]]:
+    """The ``tritonserver`` that nvidia-pytriton bundles, serving ``repository`` on 127.0.0.1:
+    yields its ports; stopped (then killed) on the way out, whatever happens."""
+    paths = _server_paths(python)
+    backends = work / "backends"
+    shutil.copytree(paths["backends"], backends)  # the stub goes in; the venv stays untouched
+    shutil.copy2(paths["stub"], backends / "python" / "triton_python_backend_stub")
+    http, grpc = _free_port(), _free_port()
+    env = dict(os.environ)
+    # The stub embeds the base Python: its lib folder first, or the system libpython loads.
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [str(paths["libpython"].parent), str(paths["libs"]), env.get("LD_LIBRARY_PATH", "")]
+    )
+    # The embedded interpreter finds its prefix (and the venv's packages) from `python3` on PATH.
+    env["PATH"] = os.pathsep.join([str(python.parent), env.get("PATH", "")])
+    env.pop("PYTHONPATH", None)
+    command = [
+        str(paths["binary"]),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        f"--cache-directory={paths['caches']}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc}",
+        "--allow-metrics=false",
+        "--exit-timeout-secs=5",
+        f"--backend-config=python,shm-region-prefix-name=fer_test_{os.getpid()}_{http}_",
+    ]
+    log_path = work / "tritonserver.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        ready = False
+        while time.monotonic() < deadline and server.poll() is None:
+            with contextlib.suppress(OSError):
+                url = f"http://127.0.0.1:{http}/v2/health/ready"
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    ready = answer.status == 200
+            if ready:
+                break
+            time.sleep(0.3)
+        if not ready:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            state = f"exited with {server.returncode}" if server.poll() is not None else "hung"
+            pytest.fail(f"the bundled tritonserver {state} before it was ready; log:\n{tail}")
+        yield {"http": http, "grpc": grpc, "log": log_path}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=15)
+
+
+_CLIENT_SCRIPT = """
+    import json, sys
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.request import urlopen
+    from fer_export.triton import TritonFERClient
+
+    spec = json.loads(sys.argv[1])
+    out = {}
+    for protocol in ("http", "grpc"):
+        port = spec["ports"][protocol]
+        with TritonFERClient(f"127.0.0.1:{port}", spec["model"], protocol, timeout_s=30) as c:
+            def one(job):
+                path, faces = job
+                return [p.to_dict() for p in c.predict(path, faces)]
+            # Threads at once, each request with a face or two: the server batches them.
+            with ThreadPoolExecutor(spec["threads"]) as pool:
+                out[protocol] = list(pool.map(one, [tuple(j) for j in spec["jobs"]]))
+    stats_url = f"http://127.0.0.1:{spec['ports']['http']}/v2/models/{spec['model']}/stats"
+    with urlopen(stats_url, timeout=10) as answer:
+        out["stats"] = json.load(answer)["model_stats"][0]
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("which", ["baked", "attention"])
+def test_python_twin_on_the_bundled_server(
+    which: str,
+    model_path: Path,
+    attention_model_path: Path,
+    face_scene: tuple[np.ndarray, tuple[int, int, int, int]],
+    tmp_path: Path,
+) -> None:
+    """The same model and client as production, through the python-backend twin."""
+    python = _triton_python()
+    model = model_path if which == "baked" else attention_model_path
+    # A long queue delay with a preferred size of 8 faces (4 requests): concurrent requests
+    # are batched even on a loaded machine; each lone request waits at most the delay.
+    options = TritonOptions(
+        backend="python", kind="cpu", max_batch=16, preferred_batch=(8,), queue_delay_us=300_000
+    )
+    repository = tmp_path / "repo"
+    write_repository(model, repository, name="fer", options=options)
+
+    scene, _ = face_scene
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    images = {"scene.png": scene, "noise.png": noise}
+    for name, rgb in images.items():
+        assert cv2.imwrite(str(tmp_path / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    jobs: list[tuple[str, Any]] = [(str(tmp_path / "scene.png"), "detect")]
+    for k in range(11):
+        jobs.append((str(tmp_path / "noise.png"), [[k, k, 40, 30], [50 - k, 20, 30 + k, 50]]))
+    jobs.append((str(tmp_path / "noise.png"), "whole"))
+
+    session = FERSession(model, "cpu")
+    expected = [[p.to_dict() for p in session.predict(path, faces)] for path, faces in jobs]
+    assert len(expected[0]) == 1, "the drawn face should be detected"
+
+    with _bundled_server(python, repository, tmp_path) as server:
+        ports = {"http": server["http"], "grpc": server["grpc"]}
+        spec = {"ports": ports, "model": "fer", "threads": 4, "jobs": jobs}
+        result = _run_venv(
+            python,
+            _CLIENT_SCRIPT.replace("sys.argv[1]", repr(json.dumps(spec))),
+            tmp_path,
+            timeout=120,
+        )
+    for protocol in ("http", "grpc"):
+        got = result[protocol]
+        assert len(got) == len(jobs)
+        for job, want, have in zip(jobs, expected, got, strict=True):
+            assert [p["box"] for p in have] == [p["box"] for p in want], (protocol, job)
+            assert [p["crop_box"] for p in have] == [p["crop_box"] for p in want]
+            assert [p["label"] for p in have] == [p["label"] for p in want], (protocol, job)
+            for w, h in zip(want, have, strict=True):
+                np.testing.assert_allclose(
+                    list(h["scores"].values()), list(w["scores"].values()), rtol=0, atol=1e-5
+                )
+                assert list(h["scores"]) == list(w["scores"])
+    stats = result["stats"]
+    requests = stats["inference_stats"]["success"]["count"]
+    executions = stats["execution_count"]
+    # The warm-up request plus one per job and protocol, served in fewer executions: at least
+    # one execution ran requests from several clients together.
+    assert requests >= 2 * len(jobs)
+    assert executions < requests, stats
+    assert any(b["batch_size"] > 2 for b in stats["batch_stats"]), stats["batch_stats"]
