@@ -339,7 +339,7 @@ def test_failure_leaves_nothing_behind(
         (["--name", ".hidden"], "model name '.hidden' is not usable"),
         (["--kind", "cpu", "--fp16"], "kind is 'cpu', expected 'gpu' with TensorRT"),
         (["--backend", "python", "--tensorrt"], "backend is 'python', expected 'onnxruntime'"),
-        (["--trt-cache", 'a"b', "--tensorrt"], "trt_cache_dir is 'a\"b'"),
+        (["--trt-cache", " ", "--tensorrt"], "trt_cache_dir is ' ', expected a folder path"),
         (["--queue-delay-us", "-1"], "queue_delay_us is -1, expected an integer >= 0"),
     ],
 )
@@ -642,6 +642,15 @@ _CLIENT_SCRIPT = """
             # Threads at once, each request with a face or two: the server batches them.
             with ThreadPoolExecutor(spec["threads"]) as pool:
                 out[protocol] = list(pool.map(one, [tuple(j) for j in spec["jobs"]]))
+        # Errors a deployment meets: a model the server does not have, a server not there.
+        for label, url, model in (
+            ("unknown_model", f"127.0.0.1:{port}", "no_such_model"),
+            ("no_server", f"127.0.0.1:{spec['closed_port']}", spec["model"]),
+        ):
+            try:
+                TritonFERClient(url, model, protocol, timeout_s=10)
+            except Exception as exc:
+                out[f"{protocol}_{label}"] = [type(exc).__name__, str(exc)]
     stats_url = f"http://127.0.0.1:{spec['ports']['http']}/v2/models/{spec['model']}/stats"
     with urlopen(stats_url, timeout=10) as answer:
         out["stats"] = json.load(answer)["model_stats"][0]
@@ -685,7 +694,13 @@ def test_python_twin_on_the_bundled_server(
 
     with _bundled_server(python, repository, tmp_path) as server:
         ports = {"http": server["http"], "grpc": server["grpc"]}
-        spec = {"ports": ports, "model": "fer", "threads": 4, "jobs": jobs}
+        spec = {
+            "ports": ports,
+            "closed_port": _free_port(),
+            "model": "fer",
+            "threads": 4,
+            "jobs": jobs,
+        }
         result = _run_venv(
             python,
             _CLIENT_SCRIPT.replace("sys.argv[1]", repr(json.dumps(spec))),
@@ -704,6 +719,13 @@ def test_python_twin_on_the_bundled_server(
                     list(h["scores"].values()), list(w["scores"].values()), rtol=0, atol=1e-5
                 )
                 assert list(h["scores"]) == list(w["scores"])
+    for protocol in ("http", "grpc"):
+        name, message = result[f"{protocol}_unknown_model"]
+        assert name == "TritonUnavailableError", message
+        assert "'no_such_model'" in message and "not ready" in message
+        name, message = result[f"{protocol}_no_server"]
+        assert name == "TritonUnavailableError", message
+        assert str(spec["closed_port"]) in message
     stats = result["stats"]
     requests = stats["inference_stats"]["success"]["count"]
     executions = stats["execution_count"]

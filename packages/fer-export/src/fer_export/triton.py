@@ -208,14 +208,9 @@ class TritonOptions:
         if not integer(self.trt_workspace_mb) or not 1 <= self.trt_workspace_mb <= 2**20:
             raise bad("trt_workspace_mb", self.trt_workspace_mb, "an integer from 1 to 1048576")
         if self.trt_cache_dir is not None and (
-            not isinstance(self.trt_cache_dir, str)
-            or not self.trt_cache_dir.strip()
-            or any(c in self.trt_cache_dir for c in '"\\\n\r\0')
+            not isinstance(self.trt_cache_dir, str) or not self.trt_cache_dir.strip()
         ):
-            raise bad(
-                "trt_cache_dir", self.trt_cache_dir,
-                "a folder path on the server without quotes, backslashes or line breaks",
-            )  # fmt: skip
+            raise bad("trt_cache_dir", self.trt_cache_dir, "a folder path on the server")
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
