@@ -328,6 +328,10 @@ def test_failure_leaves_nothing_behind(
     assert sorted(p.name for p in out.iterdir()) == ["old"]  # no 'tiny', old kept whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "tiny.onnx"]
     assert (out / "old" / "1" / "model.onnx").read_bytes() == model_path.read_bytes()
+    calls.clear()
+    with pytest.raises(OSError, match="No space left"):
+        write_repository(model_path, tmp_path / "new")  # the folder it made goes too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "tiny.onnx"]
 
 
 @pytest.mark.parametrize(
@@ -337,10 +341,10 @@ def test_failure_leaves_nothing_behind(
         (["--preferred-batch", "64"], "--preferred-batch is (64,), expected batch sizes from 1"),
         (["--name", "../up"], "model name '../up' is not usable"),
         (["--name", ".hidden"], "model name '.hidden' is not usable"),
-        (["--kind", "cpu", "--fp16"], "kind is 'cpu', expected 'gpu' with TensorRT"),
-        (["--backend", "python", "--tensorrt"], "backend is 'python', expected 'onnxruntime'"),
-        (["--trt-cache", " ", "--tensorrt"], "trt_cache_dir is ' ', expected a folder path"),
-        (["--queue-delay-us", "-1"], "queue_delay_us is -1, expected an integer >= 0"),
+        (["--kind", "cpu", "--fp16"], "--kind is 'cpu', expected 'gpu' with TensorRT"),
+        (["--backend", "python", "--tensorrt"], "--backend is 'python', expected 'onnxruntime'"),
+        (["--trt-cache", " ", "--tensorrt"], "--trt-cache is ' ', expected a folder path"),
+        (["--queue-delay-us", "-1"], "--queue-delay-us is -1, expected an integer >= 0"),
     ],
 )
 def test_bad_options_are_one_line(
@@ -377,7 +381,7 @@ def test_bad_models_are_one_line(
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert main(["triton", str(make_model()), "--out", str(a_file)]) == 2
-    assert "is a file, expected a folder" in capsys.readouterr().err
+    assert f"{a_file} is a file, expected a folder" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
 
 

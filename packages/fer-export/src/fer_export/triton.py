@@ -665,7 +665,7 @@ def write_repository(
     name = _check_name(default_model_name(model) if name is None else name)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise TritonConfigError(f"--out {out} is a file, expected a folder (new or existing)")
+        raise TritonConfigError(f"{out} is a file, expected a folder for the repository")
     target = out / name
     _check_target(target, force)
     config = render_config(model, name, options).encode()
@@ -674,10 +674,11 @@ def write_repository(
     onnx_bytes = model.path.read_bytes()
     del model  # the protobuf: the bytes are what goes out
 
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TritonConfigError(f"cannot create the folder --out {out}: {exc}") from exc
+        raise TritonConfigError(f"cannot create the repository folder {out}: {exc}") from exc
     area = _staging_area(out)
     prefix = f".{out.name}.{name}." if area != out else f".{name}."
     staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=area))
@@ -694,6 +695,9 @@ def write_repository(
         _publish(staging, target, force, area)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: another writer may have filled it
         raise
     return target
 
@@ -814,9 +818,21 @@ def command(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError, OSError) as exc:  # ValueError: the errors above
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        flag = {"max_batch": "--max-batch", "preferred_batch": "--preferred-batch"}
-        for field_name, option in flag.items():
-            message = re.sub(rf"^{field_name}\b", option, message)
+        # TritonOptions names its fields; the command line knows them as options.
+        flags = {
+            "max_batch": "--max-batch",
+            "preferred_batch": "--preferred-batch",
+            "queue_delay_us": "--queue-delay-us",
+            "kind": "--kind",
+            "instances": "--instances",
+            "gpus": "--gpus",
+            "trt_workspace_mb": "--trt-workspace-mb",
+            "trt_cache_dir": "--trt-cache",
+            "backend": "--backend",
+        }
+        message = re.sub(
+            r"^(\w+) is ", lambda m: f"{flags.get(m.group(1), m.group(1))} is ", message
+        )
         print(f"fer-export: error: {message}", file=sys.stderr)
         return 2
     accel = ", TensorRT fp16" if options.fp16 else (", TensorRT" if options.tensorrt else "")
