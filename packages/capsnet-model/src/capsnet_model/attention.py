@@ -7,7 +7,8 @@ Every centre paints a diamond ``max(0, 1 - 0.07 (|dx| + |dy|))`` on a 100x100 gr
 reaches zero 1/0.07 = 14.3 px away); overlapping diamonds are combined by maximum. The map is then
 resized to the network's input size. All values lie in [0, 1].
 
-Centres (index: where, AU it is meant to cover):
+Centres (index: where, AU it is meant to cover; :data:`AU_RULE` holds this table as data and
+:func:`au_centres_from_landmarks` computes the centres from it):
 
 ====  ==========================================  ============
 0, 1  inner brow ends (21, 22)                    AU1
@@ -27,6 +28,9 @@ Centres (index: where, AU it is meant to cover):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,42 +40,61 @@ MAP_SIZE = 100
 FALLOFF = 0.07
 
 
-def _mean(lm: np.ndarray, *idx: int) -> np.ndarray:
-    return lm[list(idx)].mean(axis=0)
+class AUCentre(NamedTuple):
+    """One row of :data:`AU_RULE`: the centre is the mean of ``landmarks`` (0-based iBUG
+    indices) moved down by ``down`` eye distances."""
+
+    landmarks: tuple[int, ...]
+    down: float
 
 
-def au_centres_from_landmarks(landmarks68: np.ndarray) -> np.ndarray:
-    """The 20 AU centres (20, 2) as (x, y), in the coordinates of the (68, 2) landmarks."""
+#: How the 20 AU centres are computed from 68 iBUG landmarks, as data (the table above, row by
+#: row): centre = mean of the row's landmarks + (0, down x eye distance), the eye distance being
+#: |mean(42..47) - mean(36..41)|. Exported models carry it (fer-export's ``fer.au_rule``), so a
+#: runtime without this package applies exactly the rule the model was trained with.
+AU_RULE: tuple[AUCentre, ...] = (
+    AUCentre((21,), 0.0),
+    AUCentre((22,), 0.0),
+    AUCentre((17,), 0.0),
+    AUCentre((26,), 0.0),
+    AUCentre((19,), 0.0),
+    AUCentre((24,), 0.0),
+    AUCentre((37, 38), 0.0),
+    AUCentre((43, 44), 0.0),
+    AUCentre(tuple(range(36, 42)), 0.5),
+    AUCentre(tuple(range(42, 48)), 0.5),
+    AUCentre((40, 41), 0.0),
+    AUCentre((46, 47), 0.0),
+    AUCentre((29, 31), 0.0),
+    AUCentre((29, 35), 0.0),
+    AUCentre((50,), 0.0),
+    AUCentre((52,), 0.0),
+    AUCentre((48,), 0.0),
+    AUCentre((54,), 0.0),
+    AUCentre((62, 66), 0.0),
+    AUCentre((57, 8), 0.0),
+)
+RIGHT_EYE = tuple(range(36, 42))
+LEFT_EYE = tuple(range(42, 48))
+
+
+def au_centres_from_landmarks(
+    landmarks68: np.ndarray, rule: Sequence[AUCentre] = AU_RULE
+) -> np.ndarray:
+    """The AU centres (len(rule), 2) float32 as (x, y), in the coordinates of the (68, 2)
+    landmarks, computed with ``rule`` (default :data:`AU_RULE`: the 20 centres)."""
     lm = np.asarray(landmarks68, dtype=np.float64)
     if lm.shape != (68, 2):
         raise ValueError(f"expected landmarks of shape (68, 2), got {lm.shape}")
-    right_eye = _mean(lm, *range(36, 42))
-    left_eye = _mean(lm, *range(42, 48))
-    eye_dist = float(np.linalg.norm(left_eye - right_eye))
-    down = np.array([0.0, 0.5 * eye_dist])
+    eye_dist = float(
+        np.linalg.norm(lm[list(LEFT_EYE)].mean(axis=0) - lm[list(RIGHT_EYE)].mean(axis=0))
+    )
+    if not rule:
+        return np.zeros((0, 2), np.float32)
     centres = [
-        lm[21],
-        lm[22],
-        lm[17],
-        lm[26],
-        lm[19],
-        lm[24],
-        _mean(lm, 37, 38),
-        _mean(lm, 43, 44),
-        right_eye + down,
-        left_eye + down,
-        _mean(lm, 40, 41),
-        _mean(lm, 46, 47),
-        _mean(lm, 29, 31),
-        _mean(lm, 29, 35),
-        lm[50],
-        lm[52],
-        lm[48],
-        lm[54],
-        _mean(lm, 62, 66),
-        _mean(lm, 57, 8),
+        lm[list(row.landmarks)].mean(axis=0) + np.array([0.0, row.down * eye_dist]) for row in rule
     ]
-    return np.stack(centres).astype(np.float32)
+    return np.stack(centres).astype(np.float32).reshape(-1, 2)
 
 
 def _resize(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
