@@ -4,6 +4,7 @@ bandpo-train                                   # the embedded default, a few min
 bandpo-train output_dir=runs/x max_steps=40    # any key=value override
 bandpo-train --preset bandpo-kl model.path=/models/Qwen2.5-1.5B data.path=dapo.parquet
 accelerate launch --multi_gpu --num_processes 2 -m bandpo_train output_dir=runs/ddp
+accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST0 ... -m bandpo_train
 bandpo-train study                             # ppo vs band on the trap task, ~30 min
 bandpo-train presets                           # list presets and accelerate configs
 bandpo-train report runs/bandpo-train          # the README's figures of a finished run
@@ -27,6 +28,17 @@ then BandPO) in runs/bandpo-train. Keys are rl-trainer's (model.*, data.*, rollo
 algorithm.*, optim.*, logging.*, checkpoint.*, eval.*) plus task.*, warm_start.*, output_dir and
 max_steps (optimiser steps).
 """
+
+
+def end_process_group() -> None:
+    """Returns after destroying torch.distributed's process group, if one was started.
+
+    Under ``accelerate launch`` a process that exits with its gloo group alive can abort
+    ("terminate called without an active exception") and fail the launch after a good run.
+    """
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"bandpo-train: {err}", file=sys.stderr)
         return 2
+    finally:
+        end_process_group()
     if summary.get("num_processes") is not None:
         print(
             json.dumps(

@@ -16,7 +16,7 @@ import torch
 from accelerate import PartialState
 
 from bandpo_train.config import AppConfig, check_config
-from bandpo_train.embedded import check_embedded, prepare_embedded
+from bandpo_train.embedded import DONE, check_embedded, prepare_embedded
 from bandpo_train.versions import versions
 from rl_trainer import atomic_write_text
 from rl_trainer.callbacks import (
@@ -26,7 +26,7 @@ from rl_trainer.callbacks import (
     TrainerControl,
     TrainerState,
 )
-from rl_trainer.checkpoint import resolve_resume
+from rl_trainer.checkpoint import check_output_layout, resolve_resume_everywhere
 from rl_trainer.collectives import reduce_scalars
 from rl_trainer.components import check_batch_geometry
 from rl_trainer.tracking import METRICS_FILE, MetricsWriter, jsonable
@@ -67,19 +67,74 @@ def check_launch_environment() -> None:
         )
 
 
-def preflight(config: AppConfig, num_processes: int) -> None:
+def preflight(config: AppConfig, state: PartialState) -> None:
     """Raises ValueError (ConfigError) or FileNotFoundError for what the run would reject later.
 
     Runs on every process before anything is written or trained, so that with a bad
     configuration all of them stop: the whole configuration (again: it may have been changed
-    since it was loaded), the batch split over ``num_processes``, the checkpoint to resume from,
-    and for the embedded default its tiny model and prompts.
+    since it was loaded), the batch split over the processes, for the embedded default its tiny
+    model and prompts, and the checkpoint to resume from. Files can differ between nodes, so a
+    check that fails on one process stops every process with that message, and every process
+    must find the same checkpoint.
     """
-    check_config(config)
-    check_batch_geometry(config, num_processes)
-    resolve_resume(config.checkpoint.resume, config.logging.output_dir)
-    if config.embedded:
-        check_embedded(config)
+    error: ValueError | FileNotFoundError | None = None
+    try:
+        check_config(config)
+        check_batch_geometry(config, state.num_processes)
+        if config.embedded:
+            check_embedded(config)
+    except (ValueError, FileNotFoundError) as exc:
+        error = exc
+    _stop_together(error, state)
+    resolve_resume_everywhere(state, config.checkpoint.resume, config.logging.output_dir)
+
+
+def _stop_together(error: ValueError | FileNotFoundError | None, state: PartialState) -> None:
+    """Raises ``error`` here, or the first other process's error, when any process has one."""
+    if state.num_processes == 1:
+        if error is not None:
+            raise error
+        return
+    from accelerate.utils import gather_object
+
+    mine = None
+    if error is not None:
+        mine = (state.process_index, isinstance(error, FileNotFoundError), str(error))
+    failed = [f for f in gather_object([mine]) if f is not None]
+    if error is not None:
+        raise error
+    if failed:
+        process, missing_file, message = failed[0]
+        kind = FileNotFoundError if missing_file else ValueError
+        raise kind(f"process {process}: {message}")
+
+
+def _copy_embedded_to_every_node(state: PartialState, root: Path) -> None:
+    """Gives each node's local main process the main process's ``root`` (collective).
+
+    For node-local output folders: the other nodes train from byte-identical files instead of
+    building their own (a warm start on other hardware may round differently). Small: a tiny
+    model and toy data.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    files: list[dict[str, bytes]] = [{}]
+    if state.is_main_process:
+        files[0] = {
+            str(path.relative_to(root)): path.read_bytes()
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
+    broadcast_object_list(files, from_process=0)
+    if state.is_local_main_process and not state.is_main_process:
+        # The completion marker last, so an interrupted copy is rebuilt, never half-used.
+        for name in sorted(files[0], key=lambda n: n == DONE):
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(files[0][name])
+            tmp.replace(target)
+    state.wait_for_everyone()
 
 
 def update_lines(
@@ -208,14 +263,19 @@ def train(config: AppConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[
     """
     check_launch_environment()
     state = PartialState(cpu=not torch.cuda.is_available())
-    preflight(config, state.num_processes)
+    preflight(config, state)
     out = Path(config.logging.output_dir)
     started = time.time()
+    shared_output = check_output_layout(
+        state, out, save_on_each_node=config.checkpoint.save_on_each_node
+    )
     embedded = config.embedded  # prepare_embedded fills model.path in
     if embedded:
         if state.is_main_process:
             prepare_embedded(config, build=True)
         state.wait_for_everyone()
+        if not shared_output:
+            _copy_embedded_to_every_node(state, out / "embedded")
         if not state.is_main_process:
             prepare_embedded(config, build=False)
     config.check_required()

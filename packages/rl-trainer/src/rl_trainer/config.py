@@ -324,6 +324,10 @@ class CheckpointConfig:
     keep_last: int = 2
     # "latest" (the newest checkpoint in output_dir, if any), a checkpoint directory, or None.
     resume: str | None = None
+    # Multi-node runs: false (default) when output_dir is one folder every node mounts (the main
+    # process writes the checkpoint); true when each node has its own output_dir (each node's
+    # local main process writes a full checkpoint there). Checked against the folders at start.
+    save_on_each_node: bool = False
 
     def __post_init__(self) -> None:
         _non_negative("checkpoint.save_every", self.save_every)

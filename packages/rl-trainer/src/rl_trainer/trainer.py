@@ -224,7 +224,12 @@ class GRPOTrainer:
         self.consecutive_nonfinite = 0
         self.nonfinite_steps = 0
         self.output_dir = Path(cfg.logging.output_dir)
-        resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, self.output_dir)
+        # Across nodes: the folders must match checkpoint.save_on_each_node, and every process
+        # must resume from the same step (one node starting afresh would deadlock the others).
+        ckpt.check_output_layout(
+            acc, self.output_dir, save_on_each_node=cfg.checkpoint.save_on_each_node
+        )
+        resume_from = ckpt.resolve_resume_everywhere(acc, cfg.checkpoint.resume, self.output_dir)
         if resume_from is not None:
             self.load(resume_from)
 
@@ -531,6 +536,7 @@ class GRPOTrainer:
             self.state_dict(),
             keep_last=self.config.checkpoint.keep_last,
             save_adapter=self.uses_lora,
+            on_each_node=self.config.checkpoint.save_on_each_node,
         )
         self.callback_handler.call("on_save", self, checkpoint=path)
         return path
