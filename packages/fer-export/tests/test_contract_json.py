@@ -41,11 +41,17 @@ def test_to_dict_holds_every_field_as_json(helpers: types.ModuleType) -> None:
     assert "x" not in contract.exporter
 
 
+#: Keys added for issue 18: a file need not have them, and they are not written when empty.
+OPTIONAL_KEYS = {"dataset", "au_source", "au_rule", "calibration", "abstention", "provenance"}
+DERIVED = {PREFIX + "num_classes", PREFIX + "input_shape"}
+
+
 def test_metadata_is_the_json_form_without_derived_keys(helpers: types.ModuleType) -> None:
     contract = helpers.tiny_contract(attention="input", au_centres=helpers.AU_CENTRES)
     meta = contract.to_metadata()
     d = contract.to_dict()
-    assert set(meta) == {PREFIX + k for k in d} - {PREFIX + "num_classes", PREFIX + "input_shape"}
+    assert OPTIONAL_KEYS <= set(d)  # in the JSON form as "", [] or {}
+    assert set(meta) == {PREFIX + k for k in d} - DERIVED - {PREFIX + k for k in OPTIONAL_KEYS}
     for key, text in meta.items():
         value = d[key[len(PREFIX) :]]
         assert (text if isinstance(value, str) else json.loads(text)) == value, key
@@ -63,3 +69,24 @@ def test_info_json_answers_the_contract_json(
     assert info["model"] == info["model_name"] == "tiny"
     assert info["file"] == str(model_path) and info["size_bytes"] == model_path.stat().st_size
     assert info["inputs"][0]["name"] == "image" and info["outputs"][0]["name"] == "scores"
+
+
+def test_metadata_with_every_key_is_the_json_form(helpers: types.ModuleType) -> None:
+    contract = helpers.tiny_contract(
+        attention="input",
+        au_centres=helpers.AU_CENTRES,
+        dataset="rafdb",
+        au_source="landmarks",
+        au_rule=[{"landmarks": [36, 45], "down": 0.5}],
+        calibration={"method": "temperature", "temperature": 1.5, "transform": "log"},
+        abstention={"threshold": 0.4, "coverage_target": 0.9},
+        provenance={"dataset": "rafdb", "synthetic": False, "sizes": {"train": 10, "test": 5}},
+    )
+    meta = contract.to_metadata()
+    d = contract.to_dict()
+    assert set(meta) == {PREFIX + k for k in d} - DERIVED
+    assert d["au_rule"] == [{"landmarks": [36, 45], "down": 0.5}]
+    for key, text in meta.items():
+        value = d[key[len(PREFIX) :]]
+        assert (text if isinstance(value, str) else json.loads(text)) == value, key
+    assert ModelContract.from_metadata(meta) == contract

@@ -40,7 +40,9 @@ KEYS = [
     "fer.format", "fer.labels", "fer.input_size", "fer.mean", "fer.std", "fer.attention",
     "fer.score_kind", "fer.channel_order", "fer.pixel_scale", "fer.layout", "fer.model_name",
     "fer.model_version", "fer.precision", "fer.face_margin", "fer.au_centres", "fer.au_grid",
-    "fer.au_falloff", "fer.exporter", "fer.extra", "fer.unknown_future_key",
+    "fer.au_falloff", "fer.exporter", "fer.extra", "fer.dataset", "fer.au_source",
+    "fer.au_rule", "fer.calibration", "fer.abstention", "fer.provenance",
+    "fer.unknown_future_key",
 ]  # fmt: skip
 
 _json = st.recursive(
@@ -69,7 +71,12 @@ _plausible = st.one_of(
     st.integers(min_value=-5, max_value=5000).map(str),
     st.sampled_from(
         ["baked", "input", "none", "logit", "capsule_length", "RGB", "BGR", "fp16", "int8",
-         "NCHW", "fer-export/1", "16", "4", "0.15", "0.99", "{}", "[]", "null", '{"a": "1"}']
+         "NCHW", "fer-export/1", "16", "4", "0.15", "0.99", "{}", "[]", "null", '{"a": "1"}',
+         "template", "landmarks", "synthetic", "unknown", '[{"landmarks": [36, 45], "down": 0.5}]',
+         '[{"landmarks": [68], "down": 0}]', '{"method": "temperature", "temperature": 1.5}',
+         '{"method": "temperature", "temperature": 0, "transform": "log"}',
+         '{"threshold": 0.4, "coverage_target": 0.9}', '{"threshold": 2, "coverage_target": 0}',
+         '{"dataset": "rafdb", "synthetic": false}', '{"dataset": "x", "synthetic": "no"}']
     ),
 )  # fmt: skip
 _value = st.one_of(

@@ -312,16 +312,18 @@ def test_predict_whole(model_path: Path, helpers: types.ModuleType) -> None:
     (pred,) = session.predict(rgb, faces="whole")
     expected = _manual(session, rgb)
     assert pred.box == (0, 0, 30, 40) and pred.crop_box == (0, 0, 30, 40)
-    np.testing.assert_allclose(list(pred.scores.values()), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(list(pred.raw_scores.values()), expected, rtol=1e-5, atol=1e-6)
     assert pred.label_index == int(np.argmax(expected))
     assert pred.label == helpers.LABELS[pred.label_index]
-    assert pred.score == pytest.approx(float(expected.max()), rel=1e-5)
+    probabilities = session.contract.probabilities(expected[None])[0]
+    assert pred.score == pytest.approx(float(probabilities.max()), rel=1e-5)
+    assert list(pred.probabilities.values()) == pytest.approx(list(probabilities), rel=1e-5)
     d = pred.to_dict()
     assert json.loads(json.dumps(d)) == d and d["box"] == [0, 0, 30, 40]
     # Small images are enlarged with INTER_LINEAR.
     small = rgb[:8, :10]
     np.testing.assert_allclose(
-        list(session.predict(small, "whole")[0].scores.values()),
+        list(session.predict(small, "whole")[0].raw_scores.values()),
         _manual(session, small),
         rtol=1e-5,
         atol=1e-6,
@@ -339,7 +341,7 @@ def test_predict_bgr_contract(make_model, helpers: types.ModuleType) -> None:  #
         np.zeros((1, 16, 16, 3), np.uint8) + np.array([0, 0, 255], np.uint8)
     )
     np.testing.assert_allclose(
-        list(pred.scores.values()), helpers.expected_scores(x)[0], rtol=1e-5, atol=1e-6
+        list(pred.raw_scores.values()), helpers.expected_scores(x)[0], rtol=1e-5, atol=1e-6
     )
 
 
@@ -391,10 +393,16 @@ def test_predict_injected_detector(model_path: Path) -> None:
     assert preds[1].crop_box == (94, 84, 26, 16)
     assert margin == pytest.approx(0.15)
     np.testing.assert_allclose(
-        list(preds[0].scores.values()), _manual(session, rgb[27:53, 37:63]), rtol=1e-5, atol=1e-6
+        list(preds[0].raw_scores.values()),
+        _manual(session, rgb[27:53, 37:63]),
+        rtol=1e-5,
+        atol=1e-6,
     )
     np.testing.assert_allclose(
-        list(preds[1].scores.values()), _manual(session, rgb[84:100, 94:120]), rtol=1e-5, atol=1e-6
+        list(preds[1].raw_scores.values()),
+        _manual(session, rgb[84:100, 94:120]),
+        rtol=1e-5,
+        atol=1e-6,
     )
     # Explicit boxes behave like detected ones.
     assert session.predict(rgb, [(40, 30, 20, 20)]) == preds[:1]
@@ -439,7 +447,9 @@ def test_predict_batch_equals_predict(model_path: Path) -> None:
         assert len(preds) == len(singles)
         for a, b in zip(preds, singles, strict=True):
             assert a.box == b.box and a.label == b.label
-            np.testing.assert_allclose(list(a.scores.values()), list(b.scores.values()), rtol=1e-5)
+            np.testing.assert_allclose(
+                list(a.raw_scores.values()), list(b.raw_scores.values()), rtol=1e-5
+            )
     mixed = session.predict_batch(images[:2], ["whole", [(0, 0, 10, 10)]])
     assert [p[0].box for p in mixed] == [(0, 0, 60, 50), (0, 0, 10, 10)]
     with pytest.raises(ValueError, match="2 entries for 4 images"):

@@ -39,7 +39,7 @@ import reprlib
 import stat
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,24 @@ SCORE_KINDS = ("capsule_length", "logit")
 PRECISIONS = ("fp32", "fp16", "int8")
 CHANNEL_ORDERS = ("RGB", "BGR")
 LAYOUT = "NCHW"
+#: Where the AU map a model was trained with came from (``fer.au_source``).
+AU_SOURCES = ("template", "landmarks", "none")
+#: Score transforms before temperature scaling (``fer.calibration`` ``transform``).
+SCORE_TRANSFORMS = ("log", "identity")
+CALIBRATION_METHODS = ("temperature",)
+#: The label a face gets when its top probability is below the abstention threshold.
+UNKNOWN_LABEL = "unknown"
+#: Landmarks per face in ``fer.au_rule`` (iBUG 68-point scheme, 0-based).
+NUM_LANDMARKS = 68
+#: The iBUG indices of the two eyes: ``fer.au_rule``'s ``down`` is in units of the distance
+#: between their means.
+RIGHT_EYE = tuple(range(36, 42))
+LEFT_EYE = tuple(range(42, 48))
+#: Smallest capsule length the ``log`` transform takes (a zero length would be -inf).
+LOG_FLOOR = 1e-12
+#: What :meth:`ModelContract.provenance_line` (and ``fer-export info``) says first about a
+#: model trained on capsnet-model's synthetic faces.
+SYNTHETIC_NOTE = "trained on synthetic faces: a pipeline check, not a real-face model"
 #: Largest ``input_size``: the runtime allocates (N, 3, S, S) float32 batches, so a hostile
 #: size must not reach it (FER models take 48 to 299 px).
 MAX_INPUT_SIZE = 4096
@@ -293,6 +311,149 @@ def _free_text(value: Any) -> str:
     return _text(value)
 
 
+def _name(value: Any) -> str:
+    return _text(value, blank=False)
+
+
+AURule = tuple[tuple[tuple[int, ...], float], ...]
+
+
+def _au_rule(value: Any) -> AURule:
+    rows = _sequence(value)
+    if not 1 <= len(rows) <= MAX_AU_CENTRES:
+        raise _Invalid(f"{len(rows)} rows")
+    out: list[tuple[tuple[int, ...], float]] = []
+    for index, row in enumerate(rows):
+        # A JSON object, or a (landmarks, down) pair such as capsnet-model's AUCentre.
+        if isinstance(row, Mapping):
+            unknown = sorted(str(k) for k in row if k not in ("landmarks", "down"))
+            if unknown:
+                # Unknown fields could change where the centre goes: never ignore them.
+                raise _Invalid(f"row {index} has unknown field(s) {', '.join(unknown)}")
+            if "landmarks" not in row or "down" not in row:
+                raise _Invalid(f"row {index} lacks 'landmarks' or 'down'")
+            points, down = row["landmarks"], row["down"]
+        elif isinstance(row, (list, tuple)) and len(row) == 2:
+            points, down = row
+        else:
+            raise _Invalid(f"row {index} is {_show(row)}")
+        if not isinstance(points, (list, tuple)) or not 1 <= len(points) <= NUM_LANDMARKS:
+            raise _Invalid(f"row {index} landmarks is {_show(points)}")
+        indices: list[int] = []
+        for point in points:
+            try:
+                indices.append(_integer(point, 0, NUM_LANDMARKS - 1))
+            except _Invalid:
+                raise _Invalid(f"row {index} landmark {_show(point)} is not 0..67") from None
+        out.append((tuple(indices), _number(down, f"row {index} down")))
+    return tuple(out)
+
+
+def _field(
+    obj: Mapping[str, Any], name: str, rule: Callable[[Any, str], Any], *, required: bool = False
+) -> None:
+    """Checks ``obj[name]`` with ``rule(value, what)`` when present (or raises when it is
+    required and missing)."""
+    if name not in obj:
+        if required:
+            raise _Invalid(f"{name} is missing")
+        return
+    rule(obj[name], name)
+
+
+def _fraction(value: Any, what: str) -> float:
+    number = _number(value, what)
+    if not 0.0 <= number <= 1.0:
+        raise _Invalid(f"{what} is {number}, not in [0, 1]")
+    return number
+
+
+def _fraction_or_null(value: Any, what: str) -> float | None:
+    return None if value is None else _fraction(value, what)
+
+
+def _non_negative(value: Any, what: str) -> float:
+    number = _number(value, what)
+    if number < 0:
+        raise _Invalid(f"{what} is {number}, not >= 0")
+    return number
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise _Invalid(f"{what} is {_show(value)}, not an integer >= 0")
+    return int(value)
+
+
+def _choice(choices: Sequence[str]) -> Callable[[Any, str], str]:
+    def rule(value: Any, what: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _Invalid(f"{what} is {_show(value)}, not one of {', '.join(choices)}")
+        return value
+
+    return rule
+
+
+def _calibration(value: Any) -> dict[str, Any]:
+    out = _object(value)
+    _field(out, "method", _choice(CALIBRATION_METHODS), required=True)
+
+    def temperature(v: Any, what: str) -> None:
+        if _number(v, what) < _FLOAT32_TINY:
+            raise _Invalid(f"{what} is {_show(v)}, not > 0")
+
+    _field(out, "temperature", temperature, required=True)
+    _field(out, "transform", _choice(SCORE_TRANSFORMS))
+    _field(out, "fitted_on", _text)
+    _field(out, "samples", _count)
+    for name in ("ece_before", "ece_after"):
+        _field(out, name, _fraction)
+    for name in ("nll_before", "nll_after"):
+        _field(out, name, _non_negative)
+    return out
+
+
+def _abstention(value: Any) -> dict[str, Any]:
+    out = _object(value)
+    _field(out, "threshold", _fraction, required=True)
+
+    def coverage(v: Any, what: str) -> None:
+        if _fraction(v, what) <= 0.0:
+            raise _Invalid(f"{what} is {_show(v)}, not > 0")
+
+    _field(out, "coverage_target", coverage, required=True)
+    _field(out, "fitted_on", _text)
+    _field(out, "val_coverage", _fraction)
+    _field(out, "val_accuracy_covered", _fraction_or_null)
+    return out
+
+
+def _provenance(value: Any) -> dict[str, Any]:
+    out = _object(value)
+    _field(out, "dataset", lambda v, what: _text(v, what, blank=False), required=True)
+
+    def boolean(v: Any, what: str) -> None:
+        if not isinstance(v, bool):
+            raise _Invalid(f"{what} is {_kind(v)}, not true or false")
+
+    _field(out, "synthetic", boolean, required=True)
+
+    def sizes(v: Any, what: str) -> None:
+        if not isinstance(v, Mapping):
+            raise _Invalid(f"{what} is {_kind(v)}, not an object")
+        for part, n in v.items():
+            _text(part, f"{what} name")
+            _count(n, f"{what}.{part}")
+
+    _field(out, "sizes", sizes)
+    for name in ("split", "trained_with", "note"):
+        _field(out, name, _text)
+    for name in ("test_accuracy", "mean_class_accuracy"):
+        _field(out, name, _fraction_or_null)
+    _field(out, "au_source", _choice(AU_SOURCES))
+    return out
+
+
 @dataclass(frozen=True)
 class _Key:
     """One ``fer.*`` key: its ModelContract field, rule and what the rule wants."""
@@ -305,6 +466,9 @@ class _Key:
     #: Stored as JSON (else the plain string).
     is_json: bool
     required: bool = False
+    #: For keys newer than the first format: the field value that means "not stored" (not
+    #: written by :meth:`ModelContract.to_metadata`, not checked); None for the others.
+    absent: Any = None
 
 
 _KEYS: tuple[_Key, ...] = (
@@ -342,8 +506,39 @@ _KEYS: tuple[_Key, ...] = (
          "an object of text values (tool name -> version), without control characters", True),
     _Key("extra", "extra", _object,
          f"an object (any JSON inside, nested at most {MAX_JSON_DEPTH} levels)", True),
+    # Added for issue 18: absent from files exported before, which keep loading.
+    _Key("dataset", "dataset", _name, "non-blank text without control characters", False,
+         absent=""),
+    _Key("au_source", "au_source", _one_of(AU_SOURCES), f"one of {', '.join(AU_SOURCES)}",
+         False, absent=""),
+    _Key("au_rule", "au_rule", _au_rule,
+         f"a list of 1 to {MAX_AU_CENTRES} objects {{\"landmarks\": [indices 0..67, at least "
+         "one], \"down\": number}", True, absent=()),
+    _Key("calibration", "calibration", _calibration,
+         "an object with \"method\": \"temperature\", \"temperature\" > 0 and optionally "
+         "\"transform\" (log or identity), \"fitted_on\" (text), \"samples\" (integer >= 0), "
+         "\"ece_before\"/\"ece_after\" in [0, 1], \"nll_before\"/\"nll_after\" >= 0",
+         True, absent={}),
+    _Key("abstention", "abstention", _abstention,
+         "an object with \"threshold\" in [0, 1], \"coverage_target\" in (0, 1] and optionally "
+         "\"fitted_on\" (text), \"val_coverage\" in [0, 1], \"val_accuracy_covered\" in "
+         "[0, 1] or null", True, absent={}),
+    _Key("provenance", "provenance", _provenance,
+         "an object with \"dataset\" (non-blank text), \"synthetic\" (true/false) and "
+         "optionally \"sizes\" (name -> integer >= 0), \"split\", \"trained_with\", "
+         "\"note\" (text), \"test_accuracy\"/\"mean_class_accuracy\" in [0, 1] or null, "
+         f"\"au_source\" (one of {', '.join(AU_SOURCES)})", True, absent={}),
 )  # fmt: skip
 _BY_NAME = {key.name: key for key in _KEYS}
+
+
+def _is_absent(value: Any, absent: Any) -> bool:
+    """Whether a field holds its key's "not stored" value ("", an empty list or object)."""
+    if isinstance(absent, str):
+        return bool(value == absent)
+    if isinstance(absent, tuple):
+        return isinstance(value, (list, tuple)) and not value
+    return isinstance(value, Mapping) and not value
 
 
 def _problem(name: str, shown: str, key: _Key, detail: str, *, metadata: bool) -> str:
@@ -372,6 +567,66 @@ def _attention_problem(attention: str, centres: Sequence[Any], prefix: str) -> s
     return None
 
 
+def _consistency_problems(
+    values: Mapping[str, Any], valid: Callable[[str], bool], prefix: str
+) -> list[str]:
+    """Rules between keys (issue 18's keys), one line each; a rule is checked only when every
+    key it reads holds a valid value (``valid(attr)``), so one bad value is reported once."""
+    out: list[str] = []
+
+    def ok(*names: str) -> bool:
+        return all(valid(name) for name in names)
+
+    source, attention = values.get("au_source", ""), values.get("attention", "baked")
+    if source and ok("au_source", "attention"):
+        if source == "landmarks" and attention != "input":
+            out.append(
+                f"{prefix}au_source is 'landmarks', which needs {prefix}attention 'input' (got "
+                f"{attention!r}): the per-face landmark maps are fed through the attention input"
+            )
+        if source in ("template", "landmarks") and attention == "none":
+            out.append(
+                f"{prefix}au_source is {source!r} but {prefix}attention is 'none' (the model "
+                "takes no AU map), expected 'none'"
+            )
+        if source == "none" and attention == "baked":
+            out.append(
+                f"{prefix}au_source is 'none' (trained with zero AU maps) but {prefix}attention "
+                "is 'baked' (the template map is inside the graph), expected attention 'input' "
+                "or 'none'"
+            )
+    if source == "landmarks" and ok("au_source", "au_rule") and not values.get("au_rule"):
+        out.append(
+            f"{prefix}au_rule is missing, expected the AU-centre rule when {prefix}au_source is "
+            "'landmarks' (the runtime computes each face's AU centres with it)"
+        )
+    labels = values.get("labels", ()) if ok("labels") else ()
+    if values.get("abstention") and ok("labels", "abstention") and UNKNOWN_LABEL in labels:
+        out.append(
+            f"{prefix}labels contain {UNKNOWN_LABEL!r}, which {prefix}abstention gives to faces "
+            "below its threshold: rename that class, or drop the abstention"
+        )
+    calibration = (values.get("calibration") or {}) if ok("calibration") else {}
+    if (
+        ok("calibration", "score_kind")
+        and calibration.get("transform") == "log"
+        and values.get("score_kind") == "logit"
+    ):
+        out.append(
+            f"{prefix}calibration transform is 'log' but {prefix}score_kind is 'logit' (logits "
+            "can be negative), expected transform 'identity'"
+        )
+    provenance = (values.get("provenance") or {}) if ok("provenance") else {}
+    for key, attr in (("dataset", "dataset"), ("au_source", "au_source")):
+        mine, theirs = values.get(attr, ""), provenance.get(key)
+        if mine and theirs is not None and ok(attr, "provenance") and mine != theirs:
+            out.append(
+                f"{prefix}provenance says {key} {_show(theirs)} but {prefix}{attr} is "
+                f"{_show(mine)}, expected the same"
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class ModelContract:
     """What a runtime must know to use an exported FER model (see the module docstring)."""
@@ -396,28 +651,53 @@ class ModelContract:
     exporter: dict[str, str] = field(default_factory=dict)
     #: Anything else worth keeping (model arguments, training summary...).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The training data set's name as fer-train calls it (``synthetic``, ``rafdb``...); ""
+    #: when not recorded.
+    dataset: str = ""
+    #: The AU map the model was trained with: ``template``, ``landmarks``, ``none``, or ""
+    #: when not recorded (:attr:`au_map_source` resolves it).
+    au_source: str = ""
+    #: How AU centres follow from 68 landmarks: ``((landmark indices...), down)`` rows
+    #: (``fer.au_rule``; capsnet-model's ``AU_RULE``); () when not recorded.
+    au_rule: AURule = ()
+    #: Temperature scaling of the scores (``fer.calibration``); {}: uncalibrated.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    #: The threshold below which a face is ``unknown`` (``fer.abstention``); {}: none.
+    abstention: dict[str, Any] = field(default_factory=dict)
+    #: What the model was trained and measured on (``fer.provenance``); {}: unknown.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
             raise ContractError("invalid FER contract: " + "; ".join(problems))
+        # One form whatever was passed in (JSON rows, capsnet-model AUCentre tuples...).
+        object.__setattr__(self, "au_rule", _au_rule(self.au_rule) if self.au_rule else ())
+        for name in ("calibration", "abstention", "provenance"):
+            object.__setattr__(self, name, dict(getattr(self, name)))
 
     def problems(self) -> list[str]:
         """Every rule the field values break, one line each (empty when the contract is
         valid); the same rules as the metadata keys (:meth:`from_metadata`)."""
         out: list[str] = []
+        invalid: set[str] = set()
         for key in _KEYS:
             if key.attr is None:
                 continue
             value = getattr(self, key.attr)
+            if key.absent is not None and _is_absent(value, key.absent):
+                continue
             try:
                 key.rule(value)
             except _Invalid as exc:
+                invalid.add(key.attr)
                 out.append(_problem(key.attr, _show(value), key, exc.detail, metadata=False))
         centres = self.au_centres if isinstance(self.au_centres, (list, tuple)) else ()
         extra = _attention_problem(self.attention, centres, "")
         if extra:
             out.append(extra)
+        values = {k.attr: getattr(self, k.attr) for k in _KEYS if k.attr is not None}
+        out.extend(_consistency_problems(values, lambda name: name not in invalid, ""))
         return out
 
     @property
@@ -461,12 +741,23 @@ class ModelContract:
             "au_falloff": self.au_falloff,
             "exporter": dict(self.exporter),
             "extra": dict(self.extra),
+            # Issue 18's keys: "", [] or {} when the file does not record them.
+            "dataset": self.dataset,
+            "au_source": self.au_source,
+            "au_rule": [{"landmarks": list(points), "down": down} for points, down in self.au_rule],
+            "calibration": dict(self.calibration),
+            "abstention": dict(self.abstention),
+            "provenance": dict(self.provenance),
         }
 
     def to_metadata(self) -> dict[str, str]:
-        """String key/value pairs for ``ModelProto.metadata_props``."""
+        """String key/value pairs for ``ModelProto.metadata_props`` (keys a file need not
+        have are left out when they hold nothing)."""
         values = self.to_dict()
         del values["num_classes"], values["input_shape"]  # derived, not stored
+        for key in _KEYS:
+            if key.absent is not None and _is_absent(values[key.name], key.absent):
+                del values[key.name]
         return {
             PREFIX + k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
             for k, v in values.items()
@@ -510,6 +801,7 @@ class ModelContract:
             problems.insert(0, f"metadata lacks {', '.join(missing)}")
 
         values: dict[str, Any] = {}
+        invalid: set[str] = {k.name for k in _KEYS if k.required and k.name not in fer}
         for name, raw in fer.items():
             key = _BY_NAME.get(name)
             if key is None or name == "format":
@@ -519,6 +811,7 @@ class ModelContract:
                     raise _Invalid(f"the stored value is {_kind(raw)}, not text")
                 value = key.rule(_decode_json(raw) if key.is_json else raw)
             except _Invalid as exc:
+                invalid.add(name)
                 problems.append(_problem(PREFIX + name, _show(raw), key, exc.detail, metadata=True))
                 continue
             if key.attr is not None:
@@ -527,6 +820,10 @@ class ModelContract:
             problem = _attention_problem(values["attention"], values.get("au_centres", ()), PREFIX)
             if problem:
                 problems.append(problem)
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        problems.extend(
+            _consistency_problems({**defaults, **values}, lambda attr: attr not in invalid, PREFIX)
+        )
         if problems:
             raise ContractError(f"{where}: " + "; ".join(problems))
         try:
@@ -547,9 +844,134 @@ class ModelContract:
         return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
 
     def default_attention(self, batch: int) -> np.ndarray:
-        """The template AU map (batch, 1, S, S) float32 for ``attention == "input"`` models."""
-        m = paint_attention_map(self.au_centres, self.au_grid, self.au_falloff, self.input_size)
+        """The AU map (batch, 1, S, S) float32 a face of an ``attention == "input"`` model gets
+        when nothing better is known: the template map painted from ``au_centres``, or zeros
+        for a model trained without AU maps (:attr:`au_map_source` ``"none"``)."""
+        s = self.input_size
+        if self.au_map_source == "none":
+            return np.zeros((batch, 1, s, s), np.float32)
+        m = paint_attention_map(self.au_centres, self.au_grid, self.au_falloff, s)
         return np.ascontiguousarray(np.broadcast_to(m, (batch, 1, *m.shape)), dtype=np.float32)
+
+    # -- issue 18: AU-map source, calibrated probabilities, abstention, provenance ------------
+
+    @property
+    def au_map_source(self) -> str:
+        """The AU map the model was trained with: ``fer.au_source``, or when the file does not
+        say, ``"template"`` for attention models and ``"none"`` for the others."""
+        if self.au_source:
+            return self.au_source
+        return "none" if self.attention == "none" else "template"
+
+    def au_centres_from_landmarks(self, landmarks: Any) -> np.ndarray:
+        """The AU centres ``(len(au_rule), 2)`` float32 (x, y) of one face, in the coordinates
+        of its ``(68, 2)`` landmarks, by the model's ``au_rule`` (ValueError without one or for
+        other shapes)."""
+        if not self.au_rule:
+            raise ValueError("this model records no fer.au_rule: AU centres cannot be computed")
+        return au_centres_from_rule(self.au_rule, landmarks)
+
+    def landmark_attention(self, landmarks: Any, crop_size: tuple[int, int]) -> np.ndarray:
+        """The AU map ``(S, S)`` float32 of one face crop of ``crop_size`` ``(height, width)``
+        from its ``(68, 2)`` landmarks (x, y pixels of the crop): the rule's centres scaled onto
+        the ``au_grid`` x ``au_grid`` grid (each axis separately), painted there and resized
+        to ``S`` as :meth:`default_attention` does -- capsnet-model's
+        ``landmark_attention_map`` for crops of ``S`` x ``S`` pixels."""
+        height, width = int(crop_size[0]), int(crop_size[1])
+        if height <= 0 or width <= 0:
+            raise ValueError(f"crop_size must be positive (height, width), got {crop_size!r}")
+        centres = self.au_centres_from_landmarks(landmarks)
+        scale = np.array([self.au_grid / width, self.au_grid / height], np.float32)
+        return paint_attention_map(centres * scale, self.au_grid, self.au_falloff, self.input_size)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the file holds a fitted calibration (``fer.calibration``)."""
+        return bool(self.calibration)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1.0 when uncalibrated)."""
+        return float(self.calibration.get("temperature", 1.0))
+
+    @property
+    def score_transform(self) -> str:
+        """``"log"`` or ``"identity"``: what is applied to the scores before the temperature;
+        the calibration's, or by default ``log`` for capsule lengths and ``identity`` for
+        logits."""
+        transform = self.calibration.get("transform")
+        if isinstance(transform, str):
+            return transform
+        return "log" if self.score_kind == "capsule_length" else "identity"
+
+    def probabilities(self, scores: Any) -> np.ndarray:
+        """Class probabilities ``(N, C)`` float64, each row summing to 1, for raw model scores
+        ``(N, C)``: ``softmax(transform(scores) / T)`` (:attr:`score_transform`,
+        :attr:`temperature`). Uncalibrated (T = 1) capsule lengths come out normalised to
+        sum 1 (``log`` then softmax); zero lengths count as :data:`LOG_FLOOR`.
+
+        Raises ValueError for another shape or for NaN/inf scores (a broken model).
+        """
+        x = np.asarray(scores, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.num_classes:
+            raise ValueError(
+                f"scores must have shape (N, {self.num_classes}), got {np.shape(scores)}"
+            )
+        if not np.isfinite(x).all():
+            raise ValueError("scores hold NaN or inf: the model output is not usable")
+        if x.shape[0] == 0:
+            return x.copy()
+        if self.score_transform == "log":
+            x = np.log(np.maximum(x, LOG_FLOOR))
+        # Shift first: the differences are <= 0, so exp never overflows and a huge logit
+        # gives 1 for its class, 0 for the others (no inf - inf).
+        z = (x - x.max(axis=1, keepdims=True)) / self.temperature
+        e = np.exp(z)
+        return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+    @property
+    def abstain_threshold(self) -> float | None:
+        """The top probability below which a face is :data:`UNKNOWN_LABEL`, or None."""
+        if not self.abstention:
+            return None
+        return float(self.abstention["threshold"])
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether the model was trained on the procedurally generated faces (provenance says
+        so, or the data set is ``synthetic``): a pipeline check, not a real-face model."""
+        if self.provenance.get("synthetic") is True:
+            return True
+        return "synthetic" in (self.dataset, self.provenance.get("dataset"))
+
+    def provenance_line(self) -> str:
+        """One human line saying what the model was trained on and how it measured, e.g.
+        ``trained on rafdb (12271 train / 3068 test), test accuracy 0.871, mean class 0.790,
+        calibrated T=1.43, abstains below 0.42``."""
+        parts: list[str] = []
+        p = self.provenance
+        unknown = "provenance unknown (exported without fer.provenance)"
+        if p:
+            head = SYNTHETIC_NOTE if self.is_synthetic else f"trained on {p['dataset']}"
+            sizes = p.get("sizes") or {}
+            counted = [f"{sizes[k]} {k}" for k in ("train", "test") if k in sizes]
+            parts.append(head + (f" ({' / '.join(counted)})" if counted else ""))
+            for key, what in (
+                ("test_accuracy", "test accuracy"),
+                ("mean_class_accuracy", "mean class"),
+            ):
+                if p.get(key) is not None:
+                    parts.append(f"{what} {float(p[key]):.3f}")
+        elif self.is_synthetic:
+            parts += [SYNTHETIC_NOTE, unknown]
+        else:
+            parts.append(unknown + (f", data set {self.dataset}" if self.dataset else ""))
+        parts.append(f"calibrated T={self.temperature:.3g}" if self.calibrated else "uncalibrated")
+        threshold = self.abstain_threshold
+        parts.append(
+            f"abstains below {threshold:.3g}" if threshold is not None else "no abstention"
+        )
+        return ", ".join(parts)
 
 
 def _replace(contract: ModelContract, **changes: Any) -> ModelContract:
@@ -558,8 +980,26 @@ def _replace(contract: ModelContract, **changes: Any) -> ModelContract:
     return replace(contract, **changes)
 
 
+def au_centres_from_rule(rule: AURule, landmarks: Any) -> np.ndarray:
+    """The AU centres ``(len(rule), 2)`` float32 (x, y) for one face's ``(68, 2)`` landmarks:
+    for each ``(indices, down)`` row of ``rule`` (``fer.au_rule``), the mean of those landmarks
+    moved down by ``down`` times the distance between the eye centres (landmarks 36-41 and
+    42-47). The same arithmetic as capsnet-model's ``au_centres_from_landmarks`` (float64,
+    then float32), without torch."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (NUM_LANDMARKS, 2):
+        raise ValueError(f"landmarks must have shape ({NUM_LANDMARKS}, 2), got {lm.shape}")
+    if not np.isfinite(lm).all():
+        raise ValueError("landmarks hold NaN or inf")
+    eye = float(np.linalg.norm(lm[list(LEFT_EYE)].mean(axis=0) - lm[list(RIGHT_EYE)].mean(axis=0)))
+    rows = [lm[list(points)].mean(axis=0) + np.array([0.0, down * eye]) for points, down in rule]
+    if not rows:
+        return np.zeros((0, 2), np.float32)
+    return np.stack(rows).astype(np.float32)
+
+
 def paint_attention_map(
-    centres: Sequence[Sequence[float]], grid: int, falloff: float, size: int
+    centres: Sequence[Sequence[float]] | np.ndarray, grid: int, falloff: float, size: int
 ) -> np.ndarray:
     """Diamonds ``max(0, 1 - falloff (|dx| + |dy|))`` around ``centres`` (x, y) on a
     ``grid`` x ``grid`` map, combined by maximum, resized (bilinear) to ``size`` x ``size``."""

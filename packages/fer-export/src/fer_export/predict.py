@@ -1,11 +1,18 @@
-"""Faces to predictions: boxes -> crops -> the contract's preprocessing -> scores -> labels.
+"""Faces to predictions: boxes -> crops -> the contract's preprocessing -> scores ->
+calibrated probabilities -> labels (or ``"unknown"``).
 
 :func:`predict_images` takes decoded RGB images, the face boxes to use (or a detector to find
 them), the model's :class:`~fer_export.contract.ModelContract` and a ``run`` callable (batch in,
 scores out: :meth:`fer_export.runtime.FERSession.run`), and runs every face of every image in
-one batch. It decodes nothing and owns no detector: both come from the caller
-(:class:`~fer_export.runtime.FERSession` decodes with :func:`fer_export.faces.decode_image` and
-passes its own detector unless given another).
+one batch. The scores become probabilities with the contract's calibration
+(:meth:`~fer_export.contract.ModelContract.probabilities`); a face whose top probability is below
+the abstention threshold it is given gets the label :data:`~fer_export.contract.UNKNOWN_LABEL`.
+Given a landmark finder, each face of an ``attention == "input"`` model gets the AU map of its
+own landmarks (:meth:`~fer_export.contract.ModelContract.landmark_attention`), the template map
+when none are found. It decodes nothing and owns no detector or landmark finder: they come from
+the caller (:class:`~fer_export.runtime.FERSession` decodes with
+:func:`fer_export.faces.decode_image` and passes its own detector and finder unless given
+others).
 """
 
 from __future__ import annotations
@@ -17,14 +24,26 @@ from typing import Any, TypeAlias
 import cv2
 import numpy as np
 
-from fer_export.contract import ModelContract
+from fer_export.contract import UNKNOWN_LABEL, ModelContract
 from fer_export.faces import Box, Detector, clip_box, crop_with_margin
 
-__all__ = ["FacesArg", "Prediction", "check_rgb", "face_input", "per_image", "predict_images"]
+__all__ = [
+    "FacesArg",
+    "LandmarkFinder",
+    "Prediction",
+    "check_rgb",
+    "check_threshold",
+    "face_input",
+    "per_image",
+    "predict_images",
+]
 
 #: ``"detect"``, ``"whole"`` or a list of ``(x, y, w, h)`` boxes.
 FacesArg: TypeAlias = str | Sequence[Sequence[int]]
-Runner: TypeAlias = Callable[[np.ndarray], np.ndarray]
+#: ``batch (N, 3, S, S)`` [, ``attention (N, 1, S, S)``] -> ``scores (N, C)``.
+Runner: TypeAlias = Callable[..., np.ndarray]
+#: ``rgb face crop (H, W, 3) uint8 -> (68, 2) landmarks (x, y pixels of the crop) or None``.
+LandmarkFinder: TypeAlias = Callable[[np.ndarray], Any]
 
 
 @dataclass(frozen=True)
@@ -32,16 +51,29 @@ class Prediction:
     """One face's result.
 
     ``box``: the face ``(x, y, w, h)`` in the original image (clipped to it); ``crop_box``: the
-    region actually fed to the model (``box`` plus the contract's ``face_margin``, clipped);
-    ``label``/``label_index``/``score``: the top class; ``scores``: every label's score.
+    region actually fed to the model (``box`` plus the contract's ``face_margin``, clipped).
+    ``probabilities``: every label's calibrated probability (they sum to 1); ``raw_scores``:
+    the model's own output per label (capsule lengths or logits). ``top_label`` /
+    ``label_index``: the most probable class, ``score`` its probability; ``label`` is
+    ``top_label``, or ``"unknown"`` when ``abstained`` (``score`` below the threshold).
+    ``au_map``: the AU map the face was run with -- ``"landmarks"`` (its own), ``"template"``
+    (the mean face's: template models, or no landmarks found) or ``"none"``.
     """
 
     box: Box
     label: str
     label_index: int
     score: float
-    scores: dict[str, float]
+    probabilities: dict[str, float]
+    raw_scores: dict[str, float]
     crop_box: Box = field(default=(0, 0, 0, 0))
+    abstained: bool = False
+    top_label: str = ""
+    au_map: str = "none"
+
+    def __post_init__(self) -> None:
+        if not self.top_label and not self.abstained:
+            object.__setattr__(self, "top_label", self.label)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (boxes as lists)."""
@@ -50,8 +82,12 @@ class Prediction:
             "crop_box": list(self.crop_box),
             "label": self.label,
             "label_index": self.label_index,
+            "top_label": self.top_label,
             "score": self.score,
-            "scores": dict(self.scores),
+            "abstained": self.abstained,
+            "probabilities": dict(self.probabilities),
+            "raw_scores": dict(self.raw_scores),
+            "au_map": self.au_map,
         }
 
 
@@ -105,36 +141,95 @@ def _face_boxes(rgb: np.ndarray, faces: FacesArg, detector: Detector) -> list[tu
     return out
 
 
-def face_input(
+def _crop(
     rgb: np.ndarray, box: Box, contract: ModelContract, *, whole: bool = False
 ) -> tuple[np.ndarray, Box]:
-    """``(face, crop box)``: ``box`` grown by the contract's ``face_margin`` (none for the
-    whole image), cut out and resized to ``(S, S, 3)`` uint8 in the contract's channel order."""
-    margin = 0.0 if whole else contract.face_margin
-    crop, crop_box = crop_with_margin(rgb, box, margin)
+    """``(crop, crop box)``: ``box`` grown by the contract's ``face_margin`` (none for the
+    whole image) and cut out, at the image's resolution."""
+    return crop_with_margin(rgb, box, 0.0 if whole else contract.face_margin)
+
+
+def _model_face(crop: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """``crop`` resized to ``(S, S, 3)`` uint8 in the contract's channel order."""
     s = contract.input_size
     h, w = crop.shape[:2]
     interpolation = cv2.INTER_AREA if (h > s or w > s) else cv2.INTER_LINEAR
     face = cv2.resize(crop, (s, s), interpolation=interpolation)
     if contract.channel_order == "BGR":
         face = face[:, :, ::-1]
-    return np.ascontiguousarray(face), crop_box
+    return np.ascontiguousarray(face)
+
+
+def face_input(
+    rgb: np.ndarray, box: Box, contract: ModelContract, *, whole: bool = False
+) -> tuple[np.ndarray, Box]:
+    """``(face, crop box)``: ``box`` grown by the contract's ``face_margin`` (none for the
+    whole image), cut out and resized to ``(S, S, 3)`` uint8 in the contract's channel order."""
+    crop, crop_box = _crop(rgb, box, contract, whole=whole)
+    return _model_face(crop, contract), crop_box
+
+
+def check_threshold(abstain: Any) -> float | None:
+    """``abstain`` as a threshold in [0, 1] (None: no abstention); ValueError otherwise."""
+    if abstain is None:
+        return None
+    if isinstance(abstain, bool) or not isinstance(abstain, (int, float, np.floating)):
+        raise ValueError(f"abstain threshold must be a number in [0, 1] or None, got {abstain!r}")
+    value = float(abstain)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"abstain threshold must be in [0, 1], got {abstain!r}")
+    return value
+
+
+def _face_landmarks(landmarks: LandmarkFinder, crop: np.ndarray, where: str) -> np.ndarray | None:
+    """The finder's (68, 2) landmarks for ``crop``, None when it found none (or gave
+    non-finite points); ValueError naming ``where`` for anything else."""
+    found = landmarks(crop)
+    if found is None:
+        return None
+    try:
+        points = np.asarray(found, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the landmarks callable returned {type(found).__name__} for {where}, expected a "
+            "(68, 2) array or None"
+        ) from None
+    if points.shape != (68, 2):
+        raise ValueError(
+            f"the landmarks callable returned shape {points.shape} for {where}, expected "
+            "(68, 2) or None"
+        )
+    return points if np.isfinite(points).all() else None
 
 
 def _predictions(
-    scores: np.ndarray, labels: Sequence[str], boxes: Sequence[tuple[Box, Box]]
+    scores: np.ndarray,
+    contract: ModelContract,
+    boxes: Sequence[tuple[Box, Box]],
+    au_maps: Sequence[str],
+    abstain: float | None,
 ) -> list[Prediction]:
+    labels = contract.labels
+    probabilities = contract.probabilities(scores)
     out = []
-    for row, (box, crop_box) in zip(scores, boxes, strict=True):
-        k = int(np.argmax(row))
+    for row, probs, (box, crop_box), au_map in zip(
+        scores, probabilities, boxes, au_maps, strict=True
+    ):
+        k = int(np.argmax(probs))
+        top = float(probs[k])
+        abstained = abstain is not None and top < abstain
         out.append(
             Prediction(
                 box=box,
-                label=labels[k],
+                label=UNKNOWN_LABEL if abstained else labels[k],
                 label_index=k,
-                score=float(row[k]),
-                scores={label: float(v) for label, v in zip(labels, row, strict=True)},
+                score=top,
+                probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
+                raw_scores={label: float(v) for label, v in zip(labels, row, strict=True)},
                 crop_box=crop_box,
+                abstained=abstained,
+                top_label=labels[k],
+                au_map=au_map,
             )
         )
     return out
@@ -147,6 +242,8 @@ def predict_images(
     contract: ModelContract,
     run: Runner,
     detector: Detector,
+    abstain: float | None = None,
+    landmarks: LandmarkFinder | None = None,
 ) -> list[list[Prediction]]:
     """One (possibly empty) list of predictions per image, every face run in one ``run`` call.
 
@@ -154,24 +251,50 @@ def predict_images(
     time (a generator that decodes them keeps one full image in memory at once, plus the
     crops); ``faces``: one entry per image (:func:`per_image`) -- ``"detect"`` (``detector``'s
     boxes), ``"whole"`` or boxes; ``run``: preprocessed ``(N, 3, S, S)`` float32 -> ``(N, C)``
-    scores.
+    scores, called with a second argument, the AU maps ``(N, 1, S, S)``, when ``landmarks`` is
+    given. ``abstain``: the threshold in [0, 1] below which a face's label is ``"unknown"``
+    (None: never). ``landmarks``: a finder for ``attention == "input"`` models trained with
+    landmark maps (:mod:`fer_export.landmarks`), called with each face's crop (box plus margin,
+    RGB, at the image's resolution); a face without landmarks gets the template map.
     """
+    threshold = check_threshold(abstain)
+    if landmarks is not None and contract.attention != "input":
+        raise ValueError(
+            f"landmarks= needs a model with an attention input; this one's attention is "
+            f"{contract.attention!r}"
+        )
+    default_map = "none" if contract.au_map_source == "none" else "template"
     crops: list[np.ndarray] = []
+    maps: list[np.ndarray | None] = []
     owners: list[tuple[int, Box, Box]] = []
     count = 0
     for index, (image, face_arg) in enumerate(zip(images, faces, strict=True)):
         rgb = check_rgb(image, index)
         whole = isinstance(face_arg, str) and face_arg == "whole"
-        for raw, box in _face_boxes(rgb, face_arg, detector):
-            face, crop_box = face_input(rgb, raw, contract, whole=whole)
-            crops.append(face)
+        for number, (raw, box) in enumerate(_face_boxes(rgb, face_arg, detector)):
+            crop, crop_box = _crop(rgb, raw, contract, whole=whole)
+            crops.append(_model_face(crop, contract))
             owners.append((index, box, crop_box))
+            if landmarks is not None:
+                where = f"face {number} of image {index}"
+                points = _face_landmarks(landmarks, crop, where)
+                maps.append(
+                    None if points is None else contract.landmark_attention(points, crop.shape[:2])
+                )
         count += 1
     results: list[list[Prediction]] = [[] for _ in range(count)]
     if not crops:
         return results
-    scores = run(contract.preprocess(np.stack(crops)))
-    preds = _predictions(scores, contract.labels, [(b, c) for _, b, c in owners])
+    batch = contract.preprocess(np.stack(crops))
+    au_maps = [default_map] * len(crops)
+    if landmarks is None:
+        scores = run(batch)
+    else:
+        template = contract.default_attention(1)[0, 0]
+        attention = np.stack([template if m is None else m for m in maps])[:, None]
+        au_maps = ["template" if m is None else "landmarks" for m in maps]
+        scores = run(batch, np.ascontiguousarray(attention, dtype=np.float32))
+    preds = _predictions(scores, contract, [(b, c) for _, b, c in owners], au_maps, threshold)
     for (index, _, _), pred in zip(owners, preds, strict=True):
         results[index].append(pred)
     return results

@@ -6,8 +6,9 @@ the graph against it, picks an execution provider and runs it::
 
     session = FERSession("fer.onnx")               # TensorRT > CUDA > CPU, whichever works
     for p in session.predict("photo.jpg"):          # detect faces, crop, preprocess, run
-        print(p.box, p.label, p.score)
+        print(p.box, p.label, p.score)              # label may be "unknown" (abstained)
     scores = session.run(batch)                     # (N, 3, S, S) float32 -> (N, C) float32
+    probs = session.contract.probabilities(scores)  # calibrated, rows sum to 1
 
 Provider choice (``providers=``):
 
@@ -30,7 +31,9 @@ This module gathers the runtime's public names; the code lives in single-purpose
 * :mod:`fer_export.providers` -- GPU/TensorRT probing, provider options, choice and fallback;
 * :mod:`fer_export.session` -- :class:`FERSession` (ORT session, ``run``, batching, IO binding,
   warm-up);
-* :mod:`fer_export.predict` -- faces -> crops -> preprocessing -> :class:`Prediction`;
+* :mod:`fer_export.predict` -- faces -> crops -> preprocessing -> :class:`Prediction`
+  (calibrated probabilities, abstention, per-face landmark AU maps);
+* :mod:`fer_export.landmarks` -- landmark finders for models trained with landmark AU maps;
 * :mod:`fer_export.faces` -- decoding, face detection (:class:`ThreadLocalDetector`), cropping.
 """
 
@@ -48,7 +51,8 @@ from fer_export.faces import (
     ThreadLocalDetector,
     decode_image,
 )
-from fer_export.predict import FacesArg, Prediction
+from fer_export.landmarks import LandmarksUnavailableError, find_landmarks
+from fer_export.predict import FacesArg, LandmarkFinder, Prediction
 from fer_export.providers import PROVIDER_NAMES, ProviderUnavailableError, gpu_status
 from fer_export.session import FERSession
 
@@ -64,11 +68,14 @@ __all__ = [
     "ImageDecodeError",
     "ImageInput",
     "ImageTooLargeError",
+    "LandmarkFinder",
+    "LandmarksUnavailableError",
     "ModelContract",
     "ModelLoadError",
     "Prediction",
     "ProviderUnavailableError",
     "ThreadLocalDetector",
     "decode_image",
+    "find_landmarks",
     "gpu_status",
 ]

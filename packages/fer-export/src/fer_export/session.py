@@ -6,7 +6,10 @@ the chosen execution provider (:mod:`fer_export.providers`) and runs preprocesse
 warm-up). Its ``predict*`` methods decode images (:func:`fer_export.faces.decode_image`) and
 hand them to the face pipeline (:func:`fer_export.predict.predict_images`) with the session's
 detector -- a :class:`fer_export.faces.ThreadLocalDetector` unless another is given, so a
-session can serve several threads at once.
+session can serve several threads at once -- its abstention threshold (the model's, from
+``fer.abstention``, unless overridden) and, for models trained with landmark AU maps, its
+landmark finder (given, or found installed by :func:`fer_export.landmarks.find_landmarks`; the
+session refuses to start without one unless told to use the template map).
 """
 
 from __future__ import annotations
@@ -41,7 +44,15 @@ from fer_export.faces import (
     ThreadLocalDetector,
     decode_image,
 )
-from fer_export.predict import FacesArg, Prediction, per_image, predict_images
+from fer_export.landmarks import INSTALL_HINT, LandmarksUnavailableError, find_landmarks
+from fer_export.predict import (
+    FacesArg,
+    LandmarkFinder,
+    Prediction,
+    check_threshold,
+    per_image,
+    predict_images,
+)
 from fer_export.providers import (
     PROVIDER_NAMES,
     ProviderSettings,
@@ -73,6 +84,16 @@ class FERSession:
             ``rgb -> [(x, y, w, h)]`` (default: a :class:`fer_export.faces.ThreadLocalDetector`,
             one :class:`~fer_export.faces.FaceDetector` per thread, made on first use). Give a
             thread-safe one if the session serves several threads.
+        abstain: the top probability below which ``predict*`` label a face ``"unknown"``:
+            ``"model"`` (default) the threshold in the model's ``fer.abstention`` (none if it
+            has none), a number in [0, 1] instead of it, or None for never.
+        landmarks: for models trained with landmark AU maps (``fer.au_source`` ``landmarks``):
+            a callable ``rgb face crop (H, W, 3) uint8 -> (68, 2) landmarks or None``. Default:
+            an installed finder (:func:`fer_export.landmarks.find_landmarks`: dlib with
+            ``$CAPSNET_DLIB_LANDMARKS``, or face_alignment). Ignored by other models.
+        au_source: None (default) feeds every face the AU map the model was trained with;
+            ``"template"`` knowingly gives a landmarks model the mean-face template map
+            instead (no landmark finder needed; predictions may be less accurate).
 
     Raises:
         FileNotFoundError: no such file.
@@ -81,6 +102,9 @@ class FERSession:
         ContractError: no or invalid FER metadata, or a graph that does not match it (a
             ValueError naming the key, its value and what it should be).
         ProviderUnavailableError: an explicitly requested provider cannot be used.
+        LandmarksUnavailableError: the model was trained with landmark AU maps, no
+            ``landmarks=`` was given and no landmark finder is installed (a ValueError naming
+            the model, what to install and ``au_source="template"``).
         ValueError: unknown provider name or bad argument.
     """
 
@@ -98,6 +122,9 @@ class FERSession:
         warmup: bool = True,
         max_batch: int = 64,
         detector: Detector | None = None,
+        abstain: str | float | None = "model",
+        landmarks: LandmarkFinder | None = None,
+        au_source: str | None = None,
     ) -> None:
         self.path = Path(path)
         if max_batch < 1:
@@ -112,6 +139,8 @@ class FERSession:
         self._contract: ModelContract = loaded.contract
         self._static_batch = loaded.static_batch
         del loaded  # the protobuf: ONNX Runtime reads the file itself
+        self._abstain = self._resolve_abstain(abstain)
+        self._au_source, self._landmarks = self._resolve_au_source(au_source, landmarks)
 
         self.device_id = int(device_id)
         self.trt_fp16 = bool(trt_fp16)
@@ -158,6 +187,48 @@ class FERSession:
         if warmup:
             self.warmup()
 
+    def _resolve_abstain(self, abstain: str | float | None) -> float | None:
+        if isinstance(abstain, str):
+            if abstain != "model":
+                raise ValueError(
+                    f"abstain must be 'model', a number in [0, 1] or None, got {abstain!r}"
+                )
+            return self._contract.abstain_threshold
+        return check_threshold(abstain)
+
+    def _resolve_au_source(
+        self, au_source: str | None, landmarks: LandmarkFinder | None
+    ) -> tuple[str, LandmarkFinder | None]:
+        """The AU-map source the faces get and the landmark finder for it (None unless the
+        source is ``landmarks``)."""
+        trained = self._contract.au_map_source
+        if landmarks is not None and not callable(landmarks):
+            raise ValueError(
+                f"landmarks must be a callable face crop -> (68, 2) points, got "
+                f"{type(landmarks).__name__}"
+            )
+        if au_source not in (None, "template", trained):
+            raise ValueError(
+                f"au_source must be None (the model's: {trained!r}) or 'template', got "
+                f"{au_source!r}: {self.path.name} was trained with {trained!r} AU maps"
+            )
+        if trained != "landmarks":
+            return trained, None
+        if au_source == "template":
+            return "template", None
+        if landmarks is not None:
+            return "landmarks", landmarks
+        try:
+            return "landmarks", find_landmarks()
+        except LandmarksUnavailableError as exc:
+            raise LandmarksUnavailableError(
+                f"{self.path} was trained with landmark AU maps (fer.au_source 'landmarks'): "
+                f"every face needs the map of its own 68 landmarks, and {exc}. To run it, "
+                f"{INSTALL_HINT}; or pass landmarks= (a callable face crop -> (68, 2) points); "
+                "or pass au_source='template' to knowingly use the mean-face template map "
+                "instead (predictions may be less accurate)"
+            ) from exc
+
     # -- properties ---------------------------------------------------------------------------
 
     @property
@@ -184,6 +255,22 @@ class FERSession:
     def session(self) -> ort.InferenceSession:
         """The underlying ONNX Runtime session."""
         return self._session
+
+    @property
+    def abstain_threshold(self) -> float | None:
+        """The top probability below which ``predict*`` answer ``"unknown"`` (None: never)."""
+        return self._abstain
+
+    @property
+    def au_source(self) -> str:
+        """The AU map ``predict*`` feed the faces: ``"landmarks"`` (each face's own, the
+        template where none are found), ``"template"`` or ``"none"``."""
+        return self._au_source
+
+    @property
+    def landmarks(self) -> LandmarkFinder | None:
+        """The landmark finder (None unless :attr:`au_source` is ``"landmarks"``)."""
+        return self._landmarks
 
     @property
     def detector(self) -> Detector:
@@ -244,7 +331,10 @@ class FERSession:
         """Scores ``(N, C)`` float32 for a preprocessed batch ``(N, 3, S, S)`` float32.
 
         ``attention`` ``(N, 1, S, S)`` float32 is only for ``attention == "input"`` models and
-        defaults to the contract's template map (``contract.default_attention(N)``). Batches
+        defaults to the contract's template map (``contract.default_attention(N)``; zeros for a
+        model trained without AU maps) -- also for landmarks models: the landmark maps are
+        made by ``predict*``, or pass your own. Returns raw scores (capsule lengths or logits):
+        ``contract.probabilities(scores)`` makes them calibrated probabilities. Batches
         larger than ``max_batch`` (or TensorRT's profile maximum) are split; a model with a
         static batch size gets padded chunks. Sets :attr:`latency_ms`.
         """
@@ -327,6 +417,8 @@ class FERSession:
             contract=self._contract,
             run=self.run,
             detector=self._detector if detector is None else detector,
+            abstain=self._abstain,
+            landmarks=self._landmarks,
         )
 
     def predict_batch(
@@ -356,6 +448,8 @@ class FERSession:
             contract=self._contract,
             run=self.run,
             detector=self._detector if detector is None else detector,
+            abstain=self._abstain,
+            landmarks=self._landmarks,
         )
 
     def predict(
