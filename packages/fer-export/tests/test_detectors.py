@@ -17,7 +17,7 @@ import threading
 import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -44,8 +44,8 @@ class FakeFaceDetection:
     """Answers like ``mp.solutions.face_detection.FaceDetection``: ``detections`` with
     relative boxes and scores, the ones in ``BOXES`` (xmin, ymin, width, height, score)."""
 
-    BOXES: list[tuple[float, float, float, float, float]] = []
-    made: list[FakeFaceDetection] = []
+    BOXES: ClassVar[list[tuple[float, float, float, float, float]]] = []
+    made: ClassVar[list[FakeFaceDetection]] = []
 
     def __init__(self, model_selection: int = 0, min_detection_confidence: float = 0.5) -> None:
         self.model_selection = model_selection
