@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from conftest import FAST
 
+from bandpo_train.run import _stop_together
+
 WORKER = Path(__file__).with_name("two_node_worker.py")
 ENV = {
     **os.environ,
@@ -232,3 +234,36 @@ def test_node_local_folders_without_the_setting_stop_both_nodes(tmp_path) -> Non
         assert "exitcode  : 2" in text  # bandpo-train's configuration-error status
     for out in outs:  # stopped before the warm start: nothing written, no marker left behind
         assert not [p for p in out.rglob("*")], out
+
+
+class _Process:
+    """The part of accelerate's PartialState that ``_stop_together`` reads: process 0 of 2."""
+
+    num_processes = 2
+    process_index = 0
+
+
+@pytest.mark.parametrize(("missing_file", "kind"), [(True, FileNotFoundError), (False, ValueError)])
+def test_a_check_failing_on_another_node_stops_this_one(monkeypatch, missing_file, kind) -> None:
+    import accelerate.utils
+
+    failure = (1, missing_file, "data.eval_path: /data/eval.jsonl does not exist")
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [mine[0], failure])
+    with pytest.raises(kind, match=r"^process 1: data.eval_path: /data/eval.jsonl does not"):
+        _stop_together(None, _Process())
+    # A process with its own error raises that one, unchanged.
+    own = ValueError("algorithm.rule: unknown clipping rule 'bandd'")
+    with pytest.raises(ValueError, match=r"^algorithm.rule: unknown") as raised:
+        _stop_together(own, _Process())
+    assert raised.value is own
+
+
+def test_no_failure_anywhere_passes(monkeypatch) -> None:
+    import accelerate.utils
+
+    seen = []
+    monkeypatch.setattr(
+        accelerate.utils, "gather_object", lambda mine: seen.append(mine) or [mine[0], None]
+    )
+    _stop_together(None, _Process())
+    assert seen == [[None]]  # it did ask the other processes

@@ -225,7 +225,8 @@ class GRPOTrainer:
         self.nonfinite_steps = 0
         self.output_dir = Path(cfg.logging.output_dir)
         # Across nodes: the folders must match checkpoint.save_on_each_node, and every process
-        # must resume from the same step (one node starting afresh would deadlock the others).
+        # must resume from the same step (one node starting afresh would run its collectives out
+        # of step with the others').
         ckpt.check_output_layout(
             acc, self.output_dir, save_on_each_node=cfg.checkpoint.save_on_each_node
         )
