@@ -1,7 +1,8 @@
 """``fer-export``: export a capsnet-model checkpoint to ONNX, verify it, show its contract.
 
-    fer-export export CHECKPOINT -o model.onnx [--attention baked|input] [--opset 18]
-                      [--fp16] [--int8 --calib DIR|synthetic] [--calib-count N] [--no-verify]
+    fer-export export CHECKPOINT -o model.onnx [--attention auto|baked|input] [--opset 18]
+                      [--fp16] [--int8 --calib DIR|synthetic] [--check DIR] [--calib-count N]
+                      [--no-verify]
     fer-export verify model.onnx CHECKPOINT [--atol 1e-4] [--json]
     fer-export info model.onnx [--json]
     fer-export bench model.onnx [more.onnx ...] [--providers auto|tensorrt|cuda|cpu ...]
@@ -9,7 +10,11 @@
                      [--threads N] [--trt-fp16] [--trt-batch MIN OPT MAX] [--trt-cache DIR]
                      [--no-floor] [--json FILE]
 
-``info`` and ``bench`` need neither torch nor capsnet-model (they run on the edge box);
+``info`` shows the contract and what the model can be trusted with: the data set and its
+provenance line, the calibration (temperature, ECE before/after), the abstention threshold and
+its coverage, the AU-map source, and a warning for a model trained on synthetic faces.
+``export --fp16/--int8`` calibrates and checks the variants' agreement on disjoint images, and
+says which. ``info`` and ``bench`` need neither torch nor capsnet-model (they run on the edge box);
 ``export`` and ``verify`` import them only when they run. Bad input -- a missing file, a
 directory, an empty or non-ONNX file, a model without or with invalid ``fer.*`` metadata, a
 model the checkpoint cannot be compared with -- is one line ``fer-export: error: ...`` on
@@ -45,16 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a capsnet-model checkpoint to ONNX")
     exp.add_argument("checkpoint", type=Path, help="capsnet-model .safetensors checkpoint")
     exp.add_argument("-o", "--output", type=Path, required=True, help="destination .onnx")
-    exp.add_argument("--attention", choices=("baked", "input"), default="baked")
+    exp.add_argument(
+        "--attention", choices=("auto", "baked", "input"), default="auto",
+        help="auto (default): input for checkpoints trained with landmark AU maps, else baked",
+    )  # fmt: skip
     exp.add_argument("--opset", type=int, default=18)
     exp.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx")
     exp.add_argument("--int8", action="store_true", help="also write <output>.int8.onnx")
     exp.add_argument(
         "--calib",
         default="synthetic",
-        help="int8 calibration: a folder of face crops or 'synthetic' (default)",
+        help="int8 calibration: a folder of face crops or 'synthetic' (default); a folder is "
+        "split by image content into a calibration part (3 in 4) and a disjoint check part",
     )
-    exp.add_argument("--calib-count", type=int, default=256, help="calibration faces")
+    exp.add_argument(
+        "--check", type=Path, default=None,
+        help="folder of face crops to check the fp16/int8 agreement on (default: the check "
+        "part of --calib DIR, or other synthetic faces); images also in --calib are left out",
+    )  # fmt: skip
+    exp.add_argument(
+        "--calib-count", type=int, default=256, help="calibration faces (and check faces, most)"
+    )
     exp.add_argument("--no-verify", action="store_true", help="skip the PyTorch/ORT check")
 
     ver = sub.add_parser("verify", help="compare an ONNX file with its checkpoint")
@@ -131,8 +147,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _require_file(args.checkpoint, "checkpoint")
     if args.output.is_dir():
         raise UsageError(f"-o {args.output} is a folder; give the .onnx file to write")
-    if args.int8 and args.calib != "synthetic" and not Path(args.calib).is_dir():
+    variants = args.fp16 or args.int8
+    if variants and args.calib != "synthetic" and not Path(args.calib).is_dir():
         raise UsageError(f"calibration folder not found: {args.calib}")
+    if args.check is not None and not args.check.is_dir():
+        raise UsageError(f"check folder not found: {args.check}")
     if args.calib_count <= 0:
         raise UsageError(f"--calib-count must be positive, got {args.calib_count}")
     _quiet_exporter()
@@ -145,8 +164,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     attention = args.attention
+    if attention == "auto":
+        trained = str(getattr(info, "attention", "template"))
+        attention = "input" if trained == "landmarks" else "baked"
     if not getattr(model, "use_attention", False):
-        if attention == "input":
+        if attention == "input" and args.attention == "input":
             raise UsageError(f"{args.checkpoint} holds a model without attention: no 'input'")
         attention = "none"
     try:
@@ -167,29 +189,79 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({_size(out)}, {time.perf_counter() - start:.1f} s)")
     if not (args.fp16 or args.int8):
         return 0
-    from fer_export.quantize import (
-        agreement,
-        calibration_batches,
-        synthetic_batches,
-        to_fp16,
-        to_int8,
-    )
+    from fer_export.quantize import agreement, to_fp16, to_int8
 
     contract = read_contract(out)
-    # Held-out faces for the agreement figures: other synthetic faces than the calibration
-    # ones, or the calibration folder itself.
-    if args.calib == "synthetic":
-        held_out = list(synthetic_batches(contract, args.calib_count, 32, seed=7))
-    else:
-        held_out = list(calibration_batches(args.calib, contract, args.calib_count, 32))
+    calib, check = _variant_images(args, contract)
     if args.fp16:
         half = to_fp16(out, _variant(out, "fp16"))
-        _report(half, agreement(out, half, held_out))
+        _report(half, agreement(out, half, check))
     if args.int8:
-        calib = calibration_batches(args.calib, contract, args.calib_count, 32)
         q = to_int8(out, _variant(out, "int8"), calib)
-        _report(q, agreement(out, q, held_out))
+        _report(q, agreement(out, q, check))
     return 0
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "-"
+
+
+def _variant_images(args: argparse.Namespace, contract: Any) -> tuple[list[Any], list[Any]]:
+    """The int8 calibration batches and the agreement-check batches, from disjoint images;
+    prints which images went where."""
+    from fer_export.quantize import (
+        CALIBRATION_SEED,
+        CHECK_SEED,
+        FER_TRAIN_SEEDS,
+        face_batches,
+        read_faces,
+        split_image_dir,
+        synthetic_batches,
+    )
+
+    count, size = args.calib_count, contract.input_size
+    calib: list[Any] = []
+    if args.calib == "synthetic":
+        if args.int8:
+            calib = list(synthetic_batches(contract, count, 32, seed=CALIBRATION_SEED))
+            print(
+                f"int8 calibration: {count} synthetic faces (seed {CALIBRATION_SEED}; "
+                f"fer-train's synthetic sets are seeds {FER_TRAIN_SEEDS[0]} (train) and "
+                f"{FER_TRAIN_SEEDS[1]} (test))"
+            )
+        digests: list[str] = []
+    else:
+        try:
+            if args.check is None:
+                calib_set, check_set = split_image_dir(args.calib, size, count, count)
+            else:
+                calib_set = read_faces(args.calib, size, count)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        digests = calib_set.digests
+        if args.int8:
+            calib = list(face_batches(calib_set.faces, contract))
+            how = "its calibration part, by image content" if args.check is None else "all"
+            print(
+                f"int8 calibration: {len(calib_set)} images from {args.calib} ({how}): "
+                f"{_names(calib_set.names)}"
+            )
+    if args.check is not None:
+        try:
+            check_set = read_faces(args.check, size, count, exclude=digests, what="check")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        where = f"{args.check} (images also in {args.calib} left out)"
+    elif args.calib == "synthetic":
+        print(
+            f"agreement check: {count} other synthetic faces (seed {CHECK_SEED}), none of them "
+            "used for calibration"
+        )
+        return calib, list(synthetic_batches(contract, count, 32, seed=CHECK_SEED))
+    else:
+        where = f"{args.calib} (its check part: no image used for calibration)"
+    print(f"agreement check: {len(check_set)} images from {where}: {_names(check_set.names)}")
+    return calib, list(face_batches(check_set.faces, contract))
 
 
 def _report(path: Path, stats: dict[str, float]) -> None:
@@ -254,7 +326,83 @@ def contract_summary(path: Path) -> dict[str, Any]:
         "opset": {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import},
         "inputs": io(proto.graph.input),
         "outputs": io(proto.graph.output),
+        # What the stored keys mean for a user, resolved (absent keys: their defaults).
+        "au_map_source": contract.au_map_source,
+        "calibrated": contract.calibrated,
+        "temperature": contract.temperature,
+        "score_transform": contract.score_transform,
+        "abstain_threshold": contract.abstain_threshold,
+        "synthetic": contract.is_synthetic,
+        "provenance_line": contract.provenance_line(),
+        "warnings": _warnings(contract),
     }
+
+
+def _warnings(contract: Any) -> list[str]:
+    """What a user must know before deploying the model, one sentence each."""
+    from fer_export.contract import SYNTHETIC_NOTE
+
+    out = []
+    if contract.is_synthetic:
+        out.append(SYNTHETIC_NOTE)
+    if contract.au_map_source == "landmarks":
+        out.append(
+            "trained with landmark AU maps: FERSession needs a 68-point landmark finder "
+            "(dlib with $CAPSNET_DLIB_LANDMARKS, or face_alignment), or au_source='template'"
+        )
+    return out
+
+
+def _figure(value: Any, digits: int = 3) -> str:
+    return "?" if value is None else f"{float(value):.{digits}f}"
+
+
+def _trust_lines(info: dict[str, Any]) -> dict[str, str]:
+    """``info``'s issue-18 keys as the text lines ``fer-export info`` prints."""
+    lines: dict[str, str] = {}
+    lines["dataset"] = info["dataset"] or "not recorded"
+    source = info["au_map_source"]
+    lines["au_source"] = source + ("" if info["au_source"] else " (not recorded: implied)")
+    rule = info["au_rule"]
+    lines["au_rule"] = f"{len(rule)} AU centres from 68 landmarks" if rule else "-"
+    lines["provenance"] = info["provenance_line"]
+    c = info["calibration"]
+    if c:
+        text = f"temperature {info['temperature']:.4g} on {info['score_transform']} scores"
+        if "fitted_on" in c:
+            text += f", fitted on {c['fitted_on']}"
+            text += f" ({c['samples']} faces)" if "samples" in c else ""
+        if "ece_before" in c or "ece_after" in c:
+            before, after = _figure(c.get("ece_before")), _figure(c.get("ece_after"))
+            text += f"; ECE {before} before, {after} after"
+        lines["calibration"] = text
+    else:
+        lines["calibration"] = (
+            "none: probabilities are the raw scores normalised (T = 1), not calibrated"
+        )
+    a = info["abstention"]
+    if a:
+        text = f"below {a['threshold']:.4g} the label is 'unknown'"
+        text += f"; coverage target {_figure(a['coverage_target'], 2)}"
+        if "val_coverage" in a:
+            text += f", on {a.get('fitted_on', 'val')}: coverage {_figure(a['val_coverage'])}"
+            if a.get("val_accuracy_covered") is not None:
+                text += f", accuracy on answered faces {_figure(a['val_accuracy_covered'])}"
+        lines["abstention"] = text
+    else:
+        lines["abstention"] = "none: every face gets its most probable label"
+    return lines
+
+
+#: Keys ``fer-export info`` prints in its own words (:func:`_trust_lines`), or not at all
+#: (the resolved values those words already say).
+_TRUST_KEYS = (
+    "dataset", "au_source", "au_rule", "provenance", "calibration", "abstention",
+)  # fmt: skip
+_RESOLVED_KEYS = (
+    "au_map_source", "calibrated", "temperature", "score_transform", "abstain_threshold",
+    "synthetic", "provenance_line", "warnings",
+)  # fmt: skip
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -262,8 +410,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
-    width = max(len(k) for k in info)
-    for key, value in info.items():
+    for warning in info["warnings"]:
+        print(f"warning: {warning}")
+    trust = _trust_lines(info)
+    shown = {k: v for k, v in info.items() if k not in _TRUST_KEYS + _RESOLVED_KEYS}
+    width = max(len(k) for k in [*shown, *trust])
+    for key, value in shown.items():
         if key in ("inputs", "outputs"):
             text = ", ".join(f"{v['name']} {v['dtype']} {v['shape']}" for v in value)
         elif key == "size_bytes":
@@ -272,6 +424,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             text = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
         else:
             text = str(value)
+        print(f"{key:<{width}}  {text}")
+    for key, text in trust.items():
         print(f"{key:<{width}}  {text}")
     return 0
 

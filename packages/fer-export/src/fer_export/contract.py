@@ -589,12 +589,6 @@ def _consistency_problems(
                 f"{prefix}au_source is {source!r} but {prefix}attention is 'none' (the model "
                 "takes no AU map), expected 'none'"
             )
-        if source == "none" and attention == "baked":
-            out.append(
-                f"{prefix}au_source is 'none' (trained with zero AU maps) but {prefix}attention "
-                "is 'baked' (the template map is inside the graph), expected attention 'input' "
-                "or 'none'"
-            )
     if source == "landmarks" and ok("au_source", "au_rule") and not values.get("au_rule"):
         out.append(
             f"{prefix}au_rule is missing, expected the AU-centre rule when {prefix}au_source is "
@@ -873,16 +867,27 @@ class ModelContract:
 
     def landmark_attention(self, landmarks: Any, crop_size: tuple[int, int]) -> np.ndarray:
         """The AU map ``(S, S)`` float32 of one face crop of ``crop_size`` ``(height, width)``
-        from its ``(68, 2)`` landmarks (x, y pixels of the crop): the rule's centres scaled onto
-        the ``au_grid`` x ``au_grid`` grid (each axis separately), painted there and resized
-        to ``S`` as :meth:`default_attention` does -- capsnet-model's
-        ``landmark_attention_map`` for crops of ``S`` x ``S`` pixels."""
+        from its ``(68, 2)`` landmarks (x, y pixels of the crop), made as training made it
+        (capsnet-model's ``landmark_attention_map`` on the crop, then its ``Preprocess.resize``
+        to ``S``): the rule's centres scaled onto the ``au_grid`` x ``au_grid`` grid (each axis
+        separately), painted there, resized (bilinear) to the crop's size, then to ``S`` x
+        ``S`` (area when shrinking, else bilinear)."""
+        import cv2
+
         height, width = int(crop_size[0]), int(crop_size[1])
         if height <= 0 or width <= 0:
             raise ValueError(f"crop_size must be positive (height, width), got {crop_size!r}")
+        grid, s = self.au_grid, self.input_size
         centres = self.au_centres_from_landmarks(landmarks)
-        scale = np.array([self.au_grid / width, self.au_grid / height], np.float32)
-        return paint_attention_map(centres * scale, self.au_grid, self.au_falloff, self.input_size)
+        scale = np.array([grid / width, grid / height], np.float32)
+        m = paint_attention_map(centres * scale, grid, self.au_falloff, grid)
+        if (height, width) != (grid, grid):
+            m = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
+            m = np.clip(m, 0.0, 1.0)
+        if (height, width) != (s, s):
+            shrink = height * width > s * s
+            m = cv2.resize(m, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return np.ascontiguousarray(m, dtype=np.float32)
 
     @property
     def calibrated(self) -> bool:

@@ -10,13 +10,18 @@ and copy the FER metadata with ``precision`` set. Neither needs torch.
   channel, uint8 activations calibrated on preprocessed faces) and leaves the routing in
   float32.
 
-:func:`agreement` compares a variant with its reference on the same batches.
+:func:`agreement` compares a variant with its reference on the same batches. Calibrating and
+checking use disjoint images: synthetic faces from two named seeds (:data:`CALIBRATION_SEED`,
+:data:`CHECK_SEED`) that fer-train's synthetic training and test sets (seeds 0 and 1) do not
+use, or a folder split by image content (:func:`split_image_dir`), or a separate check folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +39,21 @@ from fer_export._io import atomic_write_bytes
 from fer_export.contract import ATTENTION_INPUT, IMAGE_INPUT, SCORES_OUTPUT, ModelContract
 
 __all__ = [
+    "CALIBRATION_SEED",
+    "CHECK_SEED",
     "FP32_OPS",
     "INT8_OPS",
     "BatchReader",
+    "FaceSet",
     "agreement",
     "calibration_batches",
+    "face_batches",
     "image_dir_batches",
+    "part_of",
+    "read_faces",
+    "split_image_dir",
     "synthetic_batches",
+    "synthetic_faces",
     "to_fp16",
     "to_int8",
 ]
@@ -63,6 +76,20 @@ INT8_OPS: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
 WEIGHT_ONLY_OPS: tuple[str, ...] = ("Einsum",)
 #: Smallest weight (elements) worth a weight-only int8 copy.
 MIN_WEIGHT_ONLY = 1024
+#: Seed of the synthetic faces int8 calibration uses, and of the other synthetic faces the
+#: variants' agreement is checked on. Items are drawn from generators seeded with (seed, i),
+#: so faces of different seeds are different faces; fer-train's synthetic set trains on seed 0
+#: and tests on seed 1 (its defaults), which neither of these is.
+CALIBRATION_SEED = 1001
+CHECK_SEED = 1002
+#: Seeds of fer-train's synthetic training and test sets (``synthetic_seed``,
+#: ``synthetic_test_seed`` defaults): never used here.
+FER_TRAIN_SEEDS = (0, 1)
+#: A folder's images go to the agreement check when the first 8 hex digits of their SHA-256,
+#: as a number, are divisible by this (1 in 4), else to calibration: the part follows the
+#: content, so copies of one image under two names land in the same part.
+CHECK_EVERY = 4
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png")
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -197,16 +224,25 @@ def _chunks(faces: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray
         yield np.stack(buf)
 
 
-def synthetic_batches(
-    contract: ModelContract, count: int = 256, batch_size: int = 32, seed: int = 1
-) -> Iterator[np.ndarray]:
-    """``count`` synthetic faces (``capsnet_model.synthetic``, needs the export extra),
-    preprocessed by ``contract``, in float32 batches ``(<= batch_size, 3, S, S)``."""
+def synthetic_faces(count: int, size: int, seed: int = CALIBRATION_SEED) -> Iterator[np.ndarray]:
+    """``count`` synthetic RGB faces ``(size, size, 3)`` uint8 (``capsnet_model.synthetic``,
+    needs the export extra), item ``i`` drawn from the generator seeded with (seed, i)."""
     from capsnet_model.synthetic import SyntheticFaces
 
-    faces = SyntheticFaces(count, seed=seed, size=contract.input_size)
-    rgb = (np.asarray(faces[i][0], np.uint8) for i in range(count))
-    for chunk in _chunks(rgb, batch_size):
+    faces = SyntheticFaces(count, seed=seed, size=size)
+    return (np.asarray(faces[i][0], np.uint8) for i in range(count))
+
+
+def synthetic_batches(
+    contract: ModelContract,
+    count: int = 256,
+    batch_size: int = 32,
+    seed: int = CALIBRATION_SEED,
+) -> Iterator[np.ndarray]:
+    """``count`` synthetic faces (:func:`synthetic_faces`; default seed
+    :data:`CALIBRATION_SEED`, :data:`CHECK_SEED` for the agreement check), preprocessed by
+    ``contract``, in float32 batches ``(<= batch_size, 3, S, S)``."""
+    for chunk in _chunks(synthetic_faces(count, contract.input_size, seed), batch_size):
         yield contract.preprocess(_channels(chunk, contract))
 
 
@@ -255,13 +291,139 @@ def image_dir_batches(
         raise ValueError(f"no readable images ({', '.join(sorted(suffixes))}) in {directory}")
 
 
-def calibration_batches(
-    source: str | Path, contract: ModelContract, count: int = 256, batch_size: int = 32
+def _image_files(directory: Path, what: str) -> list[Path]:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {directory}")
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 of the file's bytes (None when it cannot be read)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def part_of(digest: str) -> str:
+    """``"check"`` or ``"calibration"``: the part of a folder an image with this SHA-256
+    belongs to (see :data:`CHECK_EVERY`)."""
+    return "check" if int(digest[:8], 16) % CHECK_EVERY == 0 else "calibration"
+
+
+@dataclass
+class FaceSet:
+    """Faces read from a folder: the files used, their SHA-256 and the RGB faces."""
+
+    directory: Path
+    files: list[Path] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    #: ``(N, S, S, 3)`` uint8 RGB, resized to the model's input size.
+    faces: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1, 3), np.uint8))
+
+    @property
+    def names(self) -> list[str]:
+        """The files used, relative to :attr:`directory`."""
+        return [str(f.relative_to(self.directory)) for f in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def read_faces(
+    directory: str | Path,
+    size: int,
+    count: int = 256,
+    *,
+    part: str | None = None,
+    exclude: Iterable[str] = (),
+    what: str = "calibration",
+) -> FaceSet:
+    """Up to ``count`` distinct images of ``directory`` (recursively, .jpg/.jpeg/.png/.bmp,
+    in path order) decoded with :func:`fer_images.read_rgb` and resized to ``size`` x ``size``.
+
+    ``part``: only the images of that part (:func:`part_of`: ``"calibration"`` or
+    ``"check"``); ``exclude``: SHA-256 digests to leave out (another set's images). A file
+    whose content was already taken, an unreadable, undecodable or oversized (over 40 MP)
+    file is skipped. Raises FileNotFoundError for a missing folder and ValueError when no
+    image is left, naming the folder (and ``what`` it was for).
+    """
+    import cv2
+
+    from fer_images import ImageDecodeError, read_rgb
+
+    if part not in (None, "calibration", "check"):
+        raise ValueError(f"part must be None, 'calibration' or 'check', got {part!r}")
+    directory = Path(directory)
+    files = _image_files(directory, what)
+    skip = set(exclude)
+    out = FaceSet(directory)
+    faces: list[np.ndarray] = []
+    for path in files:
+        if len(out) >= count:
+            break
+        digest = _digest(path)
+        if digest is None or digest in skip or (part is not None and part_of(digest) != part):
+            continue
+        try:
+            rgb = read_rgb(path)
+        except (ImageDecodeError, OSError):
+            continue
+        skip.add(digest)
+        shrink = rgb.shape[0] * rgb.shape[1] > size * size
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        faces.append(np.asarray(cv2.resize(rgb, (size, size), interpolation=interpolation)))
+        out.files.append(path)
+        out.digests.append(digest)
+    if not faces:
+        which = f" in its {part} part (1 in {CHECK_EVERY} by content)" if part == "check" else ""
+        raise ValueError(
+            f"no readable images ({', '.join(IMAGE_SUFFIXES)}) for {what} in {directory}{which}"
+            + (": give more images, or a separate check folder" if part == "check" else "")
+        )
+    out.faces = np.stack(faces)
+    return out
+
+
+def split_image_dir(
+    directory: str | Path, size: int, count: int = 256, check_count: int = 256
+) -> tuple[FaceSet, FaceSet]:
+    """``(calibration, check)``: up to ``count`` and ``check_count`` images of ``directory``,
+    disjoint by content (:func:`part_of`: about 3 in 4 calibrate, 1 in 4 check)."""
+    calibration = read_faces(directory, size, count, part="calibration")
+    check = read_faces(
+        directory, size, check_count, part="check", exclude=calibration.digests, what="check"
+    )
+    return calibration, check
+
+
+def face_batches(
+    faces: np.ndarray, contract: ModelContract, batch_size: int = 32
 ) -> Iterator[np.ndarray]:
-    """``"synthetic"`` -> :func:`synthetic_batches`, else a folder -> :func:`image_dir_batches`."""
+    """RGB faces ``(N, S, S, 3)`` uint8 preprocessed by ``contract``, in float32 batches
+    ``(<= batch_size, 3, S, S)``."""
+    for start in range(0, len(faces), batch_size):
+        yield contract.preprocess(_channels(faces[start : start + batch_size], contract))
+
+
+def calibration_batches(
+    source: str | Path,
+    contract: ModelContract,
+    count: int = 256,
+    batch_size: int = 32,
+    *,
+    part: str = "calibration",
+) -> Iterator[np.ndarray]:
+    """Preprocessed float32 batches of ``part`` (``"calibration"`` or ``"check"``) of
+    ``source``: ``"synthetic"`` -> :func:`synthetic_batches` with :data:`CALIBRATION_SEED` or
+    :data:`CHECK_SEED`; a folder -> that part of it (:func:`read_faces`, disjoint by content)."""
+    if part not in ("calibration", "check"):
+        raise ValueError(f"part must be 'calibration' or 'check', got {part!r}")
     if str(source) == "synthetic":
-        return synthetic_batches(contract, count, batch_size)
-    return image_dir_batches(source, contract, count, batch_size)
+        seed = CALIBRATION_SEED if part == "calibration" else CHECK_SEED
+        return synthetic_batches(contract, count, batch_size, seed=seed)
+    faces = read_faces(source, contract.input_size, count, part=part, what=part)
+    return face_batches(faces.faces, contract, batch_size)
 
 
 # --------------------------------------------------------------------------------------------
