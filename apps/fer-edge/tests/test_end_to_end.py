@@ -94,11 +94,13 @@ def test_fer_edge_run_agrees_with_pytorch(
         assert row["error"] is None and len(row["faces"]) == 1
         face = row["faces"][0]
         assert face["box"] == [0, 0, 64, 64]
-        got = np.array(list(face["scores"].values()))
+        got = np.array(list(face["raw_scores"].values()))
         np.testing.assert_allclose(got, want, atol=1e-4)
-        assert list(face["scores"])[int(want.argmax())] == face["label"]
+        assert list(face["raw_scores"])[int(want.argmax())] == face["top_label"]
+        assert face["label"] in (face["top_label"], "unknown")
+        assert abs(sum(face["probabilities"].values()) - 1.0) < 1e-5
         if labels:
-            assert list(face["scores"]) == labels
+            assert list(face["raw_scores"]) == labels
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +125,7 @@ def test_http_service_agrees_with_pytorch(
         assert r.status_code == 200, r.text
         faces = r.json()["faces"]
         assert len(faces) == 1
-        np.testing.assert_allclose(np.array(list(faces[0]["scores"].values())), want, atol=1e-4)
+        got = np.array(list(faces[0]["raw_scores"].values()))
+        np.testing.assert_allclose(got, want, atol=1e-4)
     meta = httpx.get(f"{server}/metadata", timeout=10).json()
     assert meta["input_size"] == 64

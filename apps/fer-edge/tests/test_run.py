@@ -12,6 +12,7 @@ import pytest
 from edge_helpers import LABELS, encode, scene
 
 from fer_edge.cli import main
+from fer_edge.pipeline import face_record
 from fer_images.testing import png_bomb
 
 
@@ -49,11 +50,12 @@ def test_single_image_matches_session(
     assert (record["width"], record["height"]) == (480, 240)
     expected = session.predict(str(image))
     assert len(expected) == 2
-    assert record["faces"] == [
-        {"box": list(p.box), "label": p.label, "score": p.score, "scores": p.scores}
-        for p in expected
-    ]
-    assert set(record["faces"][0]["scores"]) == set(LABELS)
+    assert record["faces"] == [face_record(p) for p in expected]
+    face = record["faces"][0]
+    assert set(face["probabilities"]) == set(face["raw_scores"]) == set(LABELS)
+    assert abs(sum(face["probabilities"].values()) - 1.0) < 1e-5
+    assert face["label"] == face["top_label"] and face["abstained"] is False
+    assert record["detector"] in ("haar", "mediapipe")
     assert record["latency_ms"] > 0
     assert "1 images, 2 faces, 0 errors" in err
     assert "provider: cpu" in err and "p95" in err and "images/s" in err
@@ -409,7 +411,7 @@ def test_truncated_video_says_so(
     code, lines, err = run_cli(
         ["run", "--model", str(model_path), "--source", str(path), "--faces", "whole"], capsys
     )
-    assert code == 0 and len(lines) == 20 and "warning" not in err
+    assert code == 0 and len(lines) == 20 and "video ended" not in err
 
 
 def test_a_failing_prediction_becomes_an_error_line_not_a_crash(

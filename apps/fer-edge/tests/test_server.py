@@ -184,7 +184,17 @@ def test_health_and_metadata(server: str, session) -> None:  # type: ignore[no-u
     assert meta["score_kind"] == "logit" and meta["channel_order"] == "RGB"
     # The contract's one JSON form (fer-export info --json answers it too), file and provider.
     public = {k: v for k, v in session.contract.to_dict().items() if k != "extra"}
-    assert meta == {**public, "file": "edge_tiny.onnx", "provider": "cpu"}
+    assert meta == {
+        **public,
+        "file": "edge_tiny.onnx",
+        "provider": "cpu",
+        "detector": "haar",
+        "abstain_threshold": None,
+        "au_map": "template",
+        "provenance_line": session.contract.provenance_line(),
+        "synthetic": False,
+    }
+    assert "provenance unknown" in meta["provenance_line"]
     assert "extra" not in meta  # may name paths on the training machine
     documented = {"labels", "num_classes", "input_size", "input_shape", "layout"}
     documented |= {"channel_order", "pixel_scale", "mean", "std", "attention", "score_kind"}
@@ -575,6 +585,11 @@ def test_serve_port_0_prints_the_real_port_and_takes_the_key_file(
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stderr is not None
+        # The model's description comes first (what it was trained on, detector, threshold).
+        described = [proc.stderr.readline() for _ in range(3)]
+        assert described[0].startswith("fer-edge: model edge_tiny.onnx: provenance unknown")
+        assert described[1].startswith("fer-edge: detector ")
+        assert "does not say what it was trained on" in described[2]
         first = proc.stderr.readline()
         match = re.search(
             r"serving .* on http://127\.0\.0\.1:(\d+) \(API key from --api-key", first

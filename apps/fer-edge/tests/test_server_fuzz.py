@@ -43,7 +43,7 @@ DOCUMENTED = {
     503: {"queue_full"},
     504: {"timeout"},
 }
-SUCCESS_KEYS = {"width", "height", "faces", "latency_ms", "model", "provider"}
+SUCCESS_KEYS = {"width", "height", "faces", "latency_ms", "model", "provider", "detector"}
 
 GOOD_IMAGES = [
     encode(face_picture(48), ".png"),

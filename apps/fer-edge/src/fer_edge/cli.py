@@ -69,7 +69,35 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--faces",
         default="detect",
         choices=("detect", "whole"),
-        help="detect faces (Haar cascade) or treat the whole image as one face",
+        help="detect faces (see --detector) or treat the whole image as one face",
+    )
+    p.add_argument(
+        "--detector",
+        default="auto",
+        choices=("auto", "haar", "mediapipe"),
+        help="face detector for --faces detect: mediapipe = MediaPipe's BlazeFace (pip install "
+        "mediapipe==0.10.18), haar = OpenCV's cascade (needs nothing), auto = mediapipe when "
+        "installed, else haar (default); the one used is recorded in the output",
+    )
+    p.add_argument(
+        "--mediapipe-model",
+        default="short",
+        choices=("short", "full"),
+        help="BlazeFace model: short range (faces within ~2 m, default) or full range",
+    )
+    p.add_argument(
+        "--abstain",
+        default="model",
+        metavar="T",
+        help="answer 'unknown' when the top probability is below T: 'model' = the threshold "
+        "stored in the model (chosen on its validation split; none if it has none, default), "
+        "'off', or a number in [0, 1]",
+    )
+    p.add_argument(
+        "--template-au-map",
+        action="store_true",
+        help="for a model trained with landmark AU maps: use the mean-face template map instead "
+        "of each face's landmarks (knowingly; predictions may differ from the trained model's)",
     )
     p.add_argument("--trt-fp16", action="store_true", help="let TensorRT use fp16 kernels")
     p.add_argument(
@@ -229,14 +257,60 @@ def _max_pixels(args: argparse.Namespace) -> int:
     return pixels
 
 
+def _abstain(text: str) -> str | float | None:
+    """``--abstain`` as FERSession takes it, or :class:`UsageError`."""
+    if text in ("model", "off"):
+        return None if text == "off" else "model"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--abstain must be 'model', 'off' or a number in [0, 1], got {text!r}")
+    return value
+
+
+def describe_model(session: Any) -> list[str]:
+    """What the model is, for the start-up lines on stderr: what it was trained on and how it
+    measured, which detector and threshold this run uses; a plain warning for a model trained
+    on synthetic faces or one that does not say."""
+    from fer_export.detectors import detector_name
+
+    contract = session.contract
+    threshold = session.abstain_threshold
+    lines = [
+        f"fer-edge: model {session.path.name}: {contract.provenance_line()}",
+        f"fer-edge: detector {detector_name(session.detector)}; "
+        + ("no abstention" if threshold is None else f"'unknown' below {threshold:.3g}")
+        + f"; AU map {session.au_source}",
+    ]
+    if contract.is_synthetic:
+        lines.append(
+            "fer-edge: warning: this model was trained on synthetic faces: a pipeline check, "
+            "not a real-face model; do not act on its answers"
+        )
+    elif not contract.dataset and not contract.provenance:
+        lines.append(
+            "fer-edge: warning: this model does not say what it was trained on "
+            "(no fer.dataset / fer.provenance in its metadata)"
+        )
+    return lines
+
+
 def _load_session(args: argparse.Namespace) -> Any:
     """The FERSession for ``args``, or :class:`UsageError` with a one-line reason."""
     from fer_export.contract import ContractError
+    from fer_export.detectors import make_detector
     from fer_export.runtime import FERSession, ModelLoadError, ProviderUnavailableError
 
     model = Path(args.model)
     if not model.is_file():
         raise UsageError(f"model file not found: {model}")
+    abstain = _abstain(args.abstain)
+    try:
+        detector = make_detector(args.detector, model=args.mediapipe_model)
+    except (ValueError, ImportError, RuntimeError) as exc:
+        raise UsageError(f"--detector {args.detector}: {exc}") from exc
     try:
         return FERSession(
             model,
@@ -244,6 +318,9 @@ def _load_session(args: argparse.Namespace) -> Any:
             trt_fp16=args.trt_fp16,
             trt_cache_dir=args.trt_cache,
             intra_op_threads=args.threads,
+            detector=detector,
+            abstain=abstain,
+            au_source="template" if args.template_au_map else None,
         )
     except (FileNotFoundError, ModelLoadError, ContractError, ProviderUnavailableError) as exc:
         raise UsageError(str(exc)) from exc
@@ -264,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     if args.annotate and source.kind == "folder" and Path(args.annotate).is_file():
         raise UsageError(f"--annotate for a folder source must be a folder: {args.annotate}")
+    print("\n".join(describe_model(session)), file=sys.stderr, flush=True)
     with ExitStack() as stack:
         out: TextIO = sys.stdout
         if args.out:
@@ -395,6 +473,7 @@ def _serve(args: argparse.Namespace) -> int:
         extras = [f"API key from {key_source}" if api_key else "no API key"]
         extras.append("no /docs" if args.no_docs else "docs at /docs")
         extras.append("no demo page" if args.no_demo else f"demo page at http://{host}:{port}/")
+        print("\n".join(describe_model(session)), file=sys.stderr, flush=True)
         print(
             f"fer-edge: serving {session.path.name} ({session.contract.model_name or 'model'}, "
             f"provider {session.provider}) on http://{host}:{port} ({'; '.join(extras)})",

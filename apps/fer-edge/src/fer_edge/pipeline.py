@@ -23,6 +23,7 @@ import numpy as np
 from fer_edge.annotate import draw_predictions
 from fer_edge.progress import Progress
 from fer_edge.sources import Item, Skipped, Source
+from fer_export.detectors import detector_name
 from fer_export.runtime import FERSession, Prediction
 
 __all__ = ["Summary", "face_record", "run_source"]
@@ -104,8 +105,20 @@ class Summary:
 
 
 def face_record(p: Prediction) -> dict[str, Any]:
-    """One face in the JSON lines: ``box``, ``label``, ``score``, ``scores``."""
-    return {"box": list(p.box), "label": p.label, "score": p.score, "scores": dict(p.scores)}
+    """One face in the JSON lines: ``box``, ``label`` (``"unknown"`` when the model abstained),
+    ``score`` (the top probability), ``probabilities`` (every label, summing to 1),
+    ``raw_scores`` (the model's own output: capsule lengths or logits), ``abstained``,
+    ``top_label`` (the most probable class, also when abstained) and ``au_map``."""
+    return {
+        "box": list(p.box),
+        "label": p.label,
+        "score": p.score,
+        "probabilities": dict(p.probabilities),
+        "raw_scores": dict(p.raw_scores),
+        "abstained": p.abstained,
+        "top_label": p.top_label,
+        "au_map": p.au_map,
+    }
 
 
 def _selected(items: Iterator[Item], every: int, max_frames: int | None) -> Iterator[Item]:
@@ -186,7 +199,8 @@ def run_source(
     """Run ``session`` over ``source``, write JSON lines to ``out``; returns the summary.
 
     One line per image/frame: ``source``, ``kind``, ``file`` (folder/image runs) or None,
-    ``frame`` (index), ``width``, ``height``, ``faces`` (:func:`face_record` each),
+    ``frame`` (index), ``detector`` (the face detector's name; None for ``faces="whole"``),
+    ``width``, ``height``, ``faces`` (:func:`face_record` each),
     ``latency_ms`` (decode excluded; detection, preprocessing and inference of the call that
     produced it -- with ``batch`` > 1 that is the whole batch's time) and ``error`` (None, or
     why the file could not be decoded; such lines have no size and no faces).
@@ -202,6 +216,8 @@ def run_source(
         source.spec, source.kind, session.provider, skipped_entries=source.skipped_entries
     )
     annotator = _Annotator(Path(annotate), source, every) if annotate is not None else None
+    # Who found the boxes (None when the whole image is the face).
+    detector = detector_name(session.detector) if faces == "detect" else None
     start = time.perf_counter()
     try:
         for group in _batches(_selected(iter(source), every, max_frames), batch):
@@ -227,6 +243,7 @@ def run_source(
                     "kind": source.kind,
                     "file": item.name,
                     "frame": item.index,
+                    "detector": detector,
                 }
                 summary.items += 1
                 if item.rgb is None:

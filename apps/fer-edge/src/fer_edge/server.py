@@ -60,6 +60,7 @@ from starlette.requests import ClientDisconnect
 
 from fer_edge import __version__
 from fer_edge.metrics import CONTENT_TYPE, Metrics
+from fer_export.detectors import detector_name
 from fer_export.faces import (
     DEFAULT_MAX_PIXELS,
     Detector,
@@ -141,12 +142,24 @@ class ApiError(Exception):
 
 def metadata_dict(session: FERSession) -> dict[str, Any]:
     """What ``GET /metadata`` answers: the contract's JSON form
-    (:meth:`fer_export.contract.ModelContract.to_dict`) plus the file name and provider, less
+    (:meth:`fer_export.contract.ModelContract.to_dict`: data set, provenance, calibration,
+    abstention...) plus the file name, provider, face detector, the abstention threshold in use
+    (``abstain_threshold``, None: never "unknown"), the AU map in use (``au_map``), the one-line
+    ``provenance_line`` and ``synthetic``, less
     ``extra`` (the exporter's model arguments and the checkpoint's training details, which may
     name paths on the training machine: not for clients)."""
     contract = session.contract.to_dict()
     contract.pop("extra", None)
-    return {**contract, "file": session.path.name, "provider": session.provider}
+    return {
+        **contract,
+        "file": session.path.name,
+        "provider": session.provider,
+        "detector": detector_name(session.detector),
+        "abstain_threshold": session.abstain_threshold,
+        "au_map": session.au_source,
+        "provenance_line": session.contract.provenance_line(),
+        "synthetic": session.contract.is_synthetic,
+    }
 
 
 class _Observe:
@@ -685,6 +698,7 @@ def create_app(
             "width": width,
             "height": height,
             "faces": [p.to_dict() for p in preds],
+            "detector": detector_name(find_faces) if (faces or default_faces) == "detect" else None,
             "latency_ms": round(seconds * 1000.0, 3),
             "model": contract.model_name,
             "provider": session.provider,
