@@ -259,7 +259,7 @@ def _variant_images(args: argparse.Namespace, contract: Any) -> tuple[list[Any],
         )
         return calib, list(synthetic_batches(contract, count, 32, seed=CHECK_SEED))
     else:
-        where = f"{args.calib} (its check part: no image used for calibration)"
+        where = f"{args.calib} (its check part, none of them used for calibration)"
     print(f"agreement check: {len(check_set)} images from {where}: {_names(check_set.names)}")
     return calib, list(face_batches(check_set.faces, contract))
 
