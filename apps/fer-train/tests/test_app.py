@@ -3,6 +3,8 @@ two data-parallel CPU processes."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -12,11 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 from conftest import TINY
 
+import fer_train
 from fer_train.cli import main
 from fer_train.report import fmt
+from fer_train.run import SYNTHETIC_NOTE
 
 FILES = (
     "model.onnx",
@@ -29,23 +35,38 @@ FILES = (
     "test_confusion.csv",
     "test_confusion.png",
     "learning_curves.png",
+    "reliability.png",
     "config.yaml",
     "skipped.csv",
 )
 
 
+def _run(args: list[str]) -> str:
+    """Runs ``main(args)`` (exit status 0 expected); returns what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(args)
+    assert code == 0, printed.getvalue()
+    return printed.getvalue()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny run with both variants, started the way the outside contract starts it."""
+    """One tiny run with both variants, started the way the outside contract starts it; its
+    console output is kept in ``console.txt`` beside the run."""
     out = tmp_path_factory.mktemp("fer") / "run"
-    code = main([f"output_dir={out}", *TINY, "export.fp16=true", "export.int8=true"])
-    assert code == 0
+    printed = _run([f"output_dir={out}", *TINY, "export.fp16=true", "export.int8=true"])
+    (out.parent / "console.txt").write_text(printed)
     return out
 
 
 def _metrics(out: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     return data
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def test_every_file_is_written(tiny_run: Path) -> None:
@@ -84,6 +105,113 @@ def test_metrics_json(tiny_run: Path) -> None:
     assert len(lines) == m["epochs_run"]
 
 
+def test_calibration_and_abstention_are_fitted_on_the_validation_split(tiny_run: Path) -> None:
+    m = _metrics(tiny_run)
+    cal, ab = m["calibration"], m["abstention"]
+    assert cal["method"] == "temperature" and cal["fitted_on"] == "val"
+    assert cal["transform"] == "log" and m["onnx_score_kind"] == "capsule_length"
+    # the faces training selected the model on: same count, same accuracy
+    assert cal["val_samples"] == m["sizes"]["val"] == 14
+    assert cal["val_accuracy"] == pytest.approx(m["val_accuracy"])
+    assert 0.01 <= cal["temperature"] <= 100.0 and m["temperature"] == cal["temperature"]
+    # T minimises the validation NLL, so it cannot be worse there than T = 1
+    assert cal["val"]["nll_after"] <= cal["val"]["nll_before"] + 1e-12
+    for split in ("val", "test"):
+        for key in ("ece_before", "ece_after"):
+            assert 0.0 <= cal[split][key] <= 1.0
+    assert (m["ece_before"], m["ece_after"]) == (
+        cal["test"]["ece_before"],
+        cal["test"]["ece_after"],
+    )
+    # the deployed formula (fer-export on model.onnx) gives fer-train's probabilities
+    assert cal["runtime_formula_max_abs_diff"] < 1e-9
+    assert cal["onnx_probability_max_abs_diff"] < 1e-3
+    # the threshold answers at least the coverage asked for, on the validation split
+    assert ab["coverage_target"] == 0.9 and ab["val_coverage"] >= 0.9
+    assert 0.0 <= ab["threshold"] <= 1.0 and ab["fitted_on"] == "val"
+    assert 0.0 <= ab["test_coverage"] <= 1.0
+    assert ab["test_abstained"] == round((1 - ab["test_coverage"]) * m["test_samples"])
+    assert m["abstain_threshold"] == ab["threshold"]
+    # reliability bins of the test set, before and after
+    for when in ("before", "after"):
+        assert sum(m["reliability"][when]["counts"]) == m["test_samples"]
+
+
+def test_model_onnx_says_what_it_was_trained_on(tiny_run: Path) -> None:
+    """fer.dataset, fer.calibration, fer.abstention and fer.provenance are written before the
+    variants, so all three files carry them."""
+    from fer_export import FERSession
+
+    m = _metrics(tiny_run)
+    fp32 = _onnx_metadata(tiny_run / "model.onnx")
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        meta = _onnx_metadata(tiny_run / name)
+        for key in ("fer.dataset", "fer.calibration", "fer.abstention", "fer.provenance"):
+            assert meta[key] == fp32[key], (name, key)
+    assert fp32["fer.dataset"] == "synthetic"
+    calibration = json.loads(fp32["fer.calibration"])
+    assert calibration["temperature"] == m["temperature"]
+    assert calibration["samples"] == 14 and calibration["transform"] == "log"
+    assert calibration["ece_after"] == m["ece_after"]
+    assert json.loads(fp32["fer.abstention"])["threshold"] == m["abstain_threshold"]
+    provenance = json.loads(fp32["fer.provenance"])
+    assert provenance["synthetic"] is True and provenance["note"] == SYNTHETIC_NOTE
+    assert provenance["sizes"] == {"train": 126, "val": 14, "test": 35}
+    assert provenance["test_accuracy"] == m["test_accuracy"]
+    assert provenance["mean_class_accuracy"] == m["mean_class_accuracy"]
+    assert provenance["trained_with"] == f"fer-train {fer_train.__version__}"
+    assert provenance["au_source"] == "template" and "seed 1" in provenance["split"]
+    session = FERSession(tiny_run / "model.onnx", warmup=False)
+    assert any("dataset" in key for key in session.metadata)
+    assert session.contract.calibrated and session.contract.is_synthetic
+    assert session.contract.abstain_threshold == pytest.approx(m["abstain_threshold"])
+
+
+def test_variants_are_calibrated_and_checked_on_different_images(tiny_run: Path) -> None:
+    m = _metrics(tiny_run)
+    int8 = m["variants"]["int8"]
+    assert int8["calib"].startswith("32 training images (none of them validation or test")
+    for v in m["variants"].values():
+        assert v["checked_on"] == "the 35 test images (held out)"
+    console = (tiny_run.parent / "console.txt").read_text()
+    assert "int8 calibrated on 32 training images" in console
+    assert "checked on the 35 test images (held out)" in console
+
+
+def test_environment_is_recorded(tiny_run: Path) -> None:
+    import platform
+
+    import torch
+
+    env = _metrics(tiny_run)["environment"]
+    assert env["torch_threads"] == torch.get_num_threads() >= 1
+    assert env["torch_interop_threads"] >= 1 and env["threads_setting"] is None
+    assert env["deterministic"] is False and env["seed"] == 0
+    assert env["versions"]["fer-train"] == fer_train.__version__
+    assert env["versions"]["torch"] == torch.__version__
+    assert env["versions"]["numpy"] == np.__version__
+    assert env["versions"]["python"] == platform.python_version()
+    assert {"capsnet-model", "fer-export"} <= set(env["versions"])
+    assert env["platform"] == platform.platform()
+
+
+def test_without_a_validation_split_calibration_is_skipped_and_said(tmp_path: Path) -> None:
+    out = tmp_path / "noval"
+    printed = _run([f"output_dir={out}", *TINY, "train.val_fraction=0", "plots=false"])
+    assert "calibrating: skipped (no validation split" in printed
+    m = _metrics(out)
+    assert m["temperature"] is None and m["ece_after"] is None and m["abstain_threshold"] is None
+    assert m["calibration"]["skipped"].startswith("no validation split")
+    assert m["abstention"]["skipped"] == m["calibration"]["skipped"]
+    assert 0.0 <= m["ece_before"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "**skipped**: no validation split" in report and "never abstains" in report
+    meta = _onnx_metadata(out / "model.onnx")
+    assert "fer.calibration" not in meta and "fer.abstention" not in meta
+    assert json.loads(meta["fer.provenance"])["sizes"]["val"] == 0
+    assert not (out / "reliability.png").exists()
+
+
 def test_report_states_the_numbers(tiny_run: Path) -> None:
     m = _metrics(tiny_run)
     text = (tiny_run / "report.md").read_text()
@@ -97,6 +225,18 @@ def test_report_states_the_numbers(tiny_run: Path) -> None:
     for v in m["variants"].values():
         assert f"{v['size_ratio']:.2f}x" in text
     assert "(learning_curves.png)" in text and "(test_confusion.png)" in text
+    cal, ab = m["calibration"], m["abstention"]
+    assert f"T = {cal['temperature']:.4g}" in text
+    assert f"{fmt(m['ece_before'])} before, {fmt(m['ece_after'])} after" in text
+    assert f"below **{ab['threshold']:.4f}**" in text
+    assert (
+        f"coverage {ab['test_coverage']:.1%}, accuracy {fmt(ab['test_accuracy_covered'])}" in text
+    )
+    assert "measured on the 35 test images (held out)" in text
+    assert "int8 calibration: 32 training images" in text
+    assert "(reliability.png)" in text and SYNTHETIC_NOTE in text
+    env = m["environment"]
+    assert f"torch threads {env['torch_threads']}" in text
 
 
 def test_clean_data_skips_nothing(tiny_run: Path) -> None:

@@ -26,6 +26,9 @@ def test_defaults_are_the_embedded_default() -> None:
     assert (t.augment.colour, t.augment.cutout, t.augment.blur) == (0.3, 0.0, 0.0)
     assert cfg.output_dir == "runs/fer-train"
     assert not cfg.resume and not cfg.export.fp16 and not cfg.export.int8
+    # int8 calibrated on training images (disjoint from the test split), 90 % coverage
+    assert (cfg.export.calib, cfg.export.coverage) == ("train", 0.9)
+    assert cfg.data.emotionet.test_fraction == 0.1 and cfg.data.emotionet.emotion_column is None
     assert cfg == AppConfig()
 
 
@@ -141,6 +144,10 @@ def test_unknown_keys_suggest(override: str, path: str, suggestion: str) -> None
         ("export.attention=bake", "export.attention: expected one of 'auto', 'baked', 'input'"),
         ("export.calib_count=0", "export.calib_count: must be positive, got 0"),
         ("export.atol=0", "export.atol: must be positive, got 0.0"),
+        ("export.coverage=0", "export.coverage: must be in (0, 1], got 0"),
+        ("export.coverage=1.5", "export.coverage: must be in (0, 1], got 1.5"),
+        ("export.coverage=most", "export.coverage: expected float, got 'most' (str)"),
+        ("export.calib=''", "export.calib: must not be empty"),
         ("threads=0", "threads: must be positive, got 0"),
         ("output_dir=", "output_dir: must not be empty"),
     ],

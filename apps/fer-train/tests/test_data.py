@@ -137,3 +137,95 @@ def test_emotionet_splits_from_the_au_lists(tmp_path: Path) -> None:
     assert {splits.train[0][1], splits.test[0][1]} <= {1, 2}  # happiness, sadness
     with pytest.raises(DataRootError, match="data.image_root /nowhere does not exist"):
         load_splits(DataConfig(kind="emotionet", root=str(tmp_path), image_root="/nowhere"))
+
+
+def _emotionet_tree(
+    tmp_path: Path, *, name: str = "dataFile_1.txt", category: bool = False
+) -> Path:
+    """The loader's tiny fixture layout: ``emotioNet_challenge_files*/<name>`` (tab-separated:
+    URL, a second field, AU1..AU60; with ``category``, a fourth leading field naming the
+    EmotioNet category), 40 images under ``downloads/f/``, and one line whose AUs are all
+    999 (not coded). Returns the image folder."""
+    import cv2
+
+    lists = tmp_path / "emotioNet_challenge_files_server_challenge_1.2_aws"
+    lists.mkdir(exist_ok=True)
+    images = tmp_path / "downloads"
+    (images / "f").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k in range(41):
+        present = (12, 25) if k % 2 else (4, 15)  # happy, sad
+        codes = ["999"] * 60 if k == 40 else ["1" if au in present else "0" for au in range(1, 61)]
+        url = f"https://s3.us-east-2.amazonaws.com/emotionet/Images/f/{k}.jpg"
+        head = [url, "0"]
+        if category:
+            head.append("999" if k == 40 else "happy" if k % 2 else "sad")
+        lines.append("\t".join([*head, *codes]) + "\n")
+        assert cv2.imwrite(str(images / "f" / f"{k}.jpg"), np.full((8, 8, 3), k, np.uint8))
+    (lists / name).write_text("".join(lines))
+    return images
+
+
+def test_emotionet_options_reach_the_loader(tmp_path: Path) -> None:
+    """data.emotionet.* are the loader's options: the test fraction, 999 read as absent, the
+    emotion column and the list pattern change what is loaded."""
+    images = _emotionet_tree(tmp_path)
+    base = ["data.kind=emotionet", f"data.root={tmp_path}", f"data.image_root={images}"]
+    default = load_splits(load_app_config(None, [*base, "data.on_error=skip"]).data)
+    # the all-999 line has no usable label by default; read as absent it has no category
+    assert [row.category for row in default.skipped] == ["unknown label"]
+    absent = load_splits(
+        load_app_config(None, [*base, "data.emotionet.unknown_as_absent=true"]).data
+    )
+    assert absent.skipped == []
+    excluded = [absent.train.excluded, absent.test.excluded]  # type: ignore[attr-defined]
+    assert sum(sum(counts.values()) for counts in excluded) == 1
+    # a larger test fraction moves images from train to test (40 labelled images in all)
+    half = load_splits(
+        load_app_config(
+            None, [*base, "data.on_error=skip", "data.emotionet.test_fraction=0.5"]
+        ).data
+    )
+    n_test = len(half.test)  # type: ignore[arg-type]
+    assert n_test > len(default.test)  # type: ignore[arg-type]
+    assert len(half.train) + n_test == 40  # type: ignore[arg-type]
+
+
+def test_emotionet_emotion_column_and_pattern(tmp_path: Path) -> None:
+    images = _emotionet_tree(tmp_path, name="labels_a.txt", category=True)
+    base = ["data.kind=emotionet", f"data.root={tmp_path}", f"data.image_root={images}"]
+    with pytest.raises(DatasetError, match=r"dataFile_\*\.txt"):
+        load_splits(load_app_config(None, base).data)
+    cfg = load_app_config(
+        None,
+        [
+            *base,
+            "data.on_error=skip",
+            "data.emotionet.pattern=labels_*.txt",
+            "data.emotionet.emotion_column=3",
+            "data.emotionet.first_au_column=4",
+        ],
+    ).data
+    splits = load_splits(cfg)
+    assert len(splits.train) + len(splits.test) == 40  # type: ignore[arg-type]
+    # the category column's 999 is the one unknown label
+    assert [row.reason for row in splits.skipped] == [
+        "unknown label: emotion column 3 is '999' (not coded)"
+    ]
+    labels = {splits.train[i][1] for i in range(len(splits.train))}  # type: ignore[arg-type]
+    assert labels == {1, 2}  # happiness, sadness
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("data.emotionet.test_fraction=1.0", "data.emotionet.test_fraction: must be between 0"),
+        ("data.emotionet.image_column=0", "data.emotionet.image_column: must be a 1-based"),
+        ("data.emotionet.emotion_colum=3", "did you mean 'emotion_column'"),
+        ("data.emotionet.unknown_as_absent=maybe", "data.emotionet.unknown_as_absent"),
+    ],
+)
+def test_bad_emotionet_options_name_their_key(override: str, needle: str) -> None:
+    with pytest.raises(ValueError) as info:
+        load_app_config(None, ["data.kind=emotionet", override])
+    assert needle in str(info.value)

@@ -15,12 +15,15 @@ from collections.abc import Sequence
 USAGE = """usage: fer-train [--config FILE] [--preset NAME] [key=value ...]
        fer-train presets
 
-Trains (capsnet-model), evaluates on the test set, exports model.onnx (fer-export), checks it
-against PyTorch and writes metrics.json and report.md into output_dir (runs/fer-train).
+Trains (capsnet-model), evaluates on the test set, calibrates the probabilities and chooses
+an abstention threshold on the validation split, exports model.onnx (fer-export) with them
+and its provenance, checks it against PyTorch and writes metrics.json and report.md into
+output_dir (runs/fer-train).
 With no arguments: e2capsnet_small on synthetic faces, a few minutes on a CPU.
-Keys: data.* (kind, root, image_root, ...), train.* (capsnet-model TrainConfig: model, epochs,
-lr, batch_size, model_kwargs, augment, patience, ...), export.* (fp16, int8, calib, ...),
-output_dir, resume, plots, threads, preset. Values are YAML: train.model_kwargs={width: 0.25}.
+Keys: data.* (kind, root, image_root, emotionet.*, ...), train.* (capsnet-model TrainConfig:
+model, epochs, lr, batch_size, model_kwargs, augment, patience, ...), export.* (fp16, int8,
+calib, coverage, ...), output_dir, resume, plots, threads (results depend on it), preset.
+Values are YAML: train.model_kwargs={width: 0.25}.
 Values are strict (train.epochs='3' is refused); an error names the file line or override.
 """
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 
 import config_layers
 from capsnet_model.augment import AugmentConfig
+from capsnet_model.datasets import emotionet as _emotionet
 from capsnet_model.training import TrainConfig
 from config_layers import ConfigError, Presets, did_you_mean
 
@@ -29,11 +30,14 @@ __all__ = [
     "AppConfig",
     "ConfigError",
     "DataConfig",
+    "EmotioNetOptions",
     "ExportConfig",
     "load_app_config",
 ]
 
 OnError = Literal["raise", "skip"]
+#: Where the int8 variant's calibration faces come from (besides a folder path).
+CALIB_SOURCES = ("train", "synthetic")
 ExportAttention = Literal["auto", "baked", "input"]
 
 #: The shipped presets (``fer_train/presets/*.yaml``), selected with ``--preset NAME``.
@@ -72,6 +76,39 @@ def _check_positive(obj: Any, *keys: str) -> None:
 
 
 @dataclass
+class EmotioNetOptions:
+    """The ``emotionet`` source's loader options (``data.emotionet.*``; ignored for other
+    kinds). See capsnet-model's ``load_emotionet``."""
+
+    #: Fraction of the images in the test split (chosen by a hash of each image's path).
+    test_fraction: float = _emotionet.TEST_FRACTION
+    #: Read an AU coded 999 (not coded) as absent instead of making its row an
+    #: ``unknown label`` error.
+    unknown_as_absent: bool = False
+    #: 1-based column of the image URL or path.
+    image_column: int = _emotionet.IMAGE_COLUMN
+    #: 1-based column of AU1 (AU1..AU60 follow).
+    first_au_column: int = _emotionet.FIRST_AU_COLUMN
+    #: 1-based column holding an EmotioNet category name instead of reading it off the AUs.
+    emotion_column: int | None = None
+    #: File name pattern of the lists under ``data.root``.
+    pattern: str = _emotionet.LIST_PATTERN
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(
+                f"must be between 0 and 1 (exclusive), got {self.test_fraction!r}",
+                ("test_fraction",),
+            )
+        for key in ("image_column", "first_au_column", "emotion_column"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"must be a 1-based column number, got {value!r}", (key,))
+        if not self.pattern:
+            raise ConfigError("must not be empty", ("pattern",))
+
+
+@dataclass
 class DataConfig:
     """Which faces to train and test on."""
 
@@ -96,6 +133,9 @@ class DataConfig:
     synthetic_test_seed: int = 1
     #: Side of the synthetic faces in pixels (the model resizes them to its input size).
     synthetic_size: int = 64
+    #: Options of the ``emotionet`` loader. A field named after a data source holds that
+    #: source's own loader options (``fer_train.data`` passes them to it).
+    emotionet: EmotioNetOptions = field(default_factory=EmotioNetOptions)
 
     def __post_init__(self) -> None:
         # data.kind is a registry lookup (sources may be registered at run time), so it is
@@ -115,9 +155,15 @@ class ExportConfig:
     fp16: bool = False
     #: ``model.int8.onnx`` (static QDQ int8, calibrated on ``calib``).
     int8: bool = False
-    #: ``synthetic`` or a folder of face crops for the int8 calibration.
-    calib: str = "synthetic"
+    #: The int8 calibration faces: ``train`` (up to ``calib_count`` of the run's training
+    #: images, never its validation or test images), ``synthetic`` (fer-export's synthetic
+    #: faces) or a folder of face crops. The variants are always checked on the test split.
+    calib: str = "train"
     calib_count: int = 256
+    #: Fraction of the validation faces the abstention threshold must still answer, in
+    #: (0, 1]: faces less confident than the threshold are labelled ``unknown`` at
+    #: deployment; 1 never abstains.
+    coverage: float = 0.9
     #: ``auto``: the AU map baked into the graph, unless training used landmarks (``input``).
     attention: ExportAttention = "auto"
     #: Tolerance of the PyTorch vs ONNX Runtime check on random inputs.
@@ -128,6 +174,12 @@ class ExportConfig:
     def __post_init__(self) -> None:
         _check_choice(self.attention, get_args(ExportAttention), "attention")
         _check_positive(self, "calib_count", "atol")
+        if not 0.0 < self.coverage <= 1.0:
+            raise ConfigError(f"must be in (0, 1], got {self.coverage!r}", ("coverage",))
+        if not self.calib:
+            raise ConfigError(
+                f"must not be empty: {', '.join(CALIB_SOURCES)} or a folder", ("calib",)
+            )
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The train / validation / test sets of a run, from ``data.*`` and the data source registry.
 
 ``data.kind`` names a source registered in ``capsnet_model.datasets`` (``rafdb``, ``fer2013``,
-``affectnet``, ``folder``) or here (``synthetic``); the source's split layout says which split
-trains, which tests and whether validation is a split of its own (FER2013's PublicTest, a
-``val`` folder when there is one) or carved from the training split by ``train.val_fraction``.
+``affectnet``, ``emotionet``, ``folder``) or here (``synthetic``); the source's split layout
+says which split trains, which tests and whether validation is a split of its own (FER2013's
+PublicTest, a ``val`` folder when there is one) or carved from the training split by
+``train.val_fraction``.
 Nothing here depends on which data set it is.
 
 - ``synthetic``: ``SyntheticFaces(synthetic_train, seed)`` to train and
@@ -12,6 +13,8 @@ Nothing here depends on which data set it is.
 - ``fer2013``: Training, PublicTest as the validation set, PrivateTest as the test set.
 - ``affectnet``: ``training.csv`` and ``validation.csv`` as the test set (AffectNet's own test
   set is not public).
+- ``emotionet``: the AU lists' ``train`` and ``test`` splits (a hash of each image path);
+  ``data.emotionet.*`` are its loader's options.
 - ``folder``: ``root/train``, ``root/val`` when it exists, ``root/test``.
 
 Image files are decoded once at load time (``data.verify_images``) so that a bad one is
@@ -21,6 +24,7 @@ what was left out is gathered in ``Splits.skipped``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,9 +149,13 @@ def _root(cfg: DataConfig, source: DatasetSource) -> Path:
 
 
 def _options(cfg: DataConfig, source: DatasetSource) -> dict[str, Any]:
-    """Returns the ``data.*`` values of the source's options; a folder option that is set
-    must exist (DataRootError)."""
+    """Returns the ``data.*`` values of the source's options, with the fields of the
+    ``data.<source name>`` group when ``DataConfig`` has one (``data.emotionet.*``); a folder
+    option that is set must exist (DataRootError)."""
     options: dict[str, Any] = {name: getattr(cfg, name) for name in source.options}
+    group = getattr(cfg, source.name, None)
+    if dataclasses.is_dataclass(group) and not isinstance(group, type):
+        options.update(dataclasses.asdict(group))
     for name, example in source.path_options.items():
         value = getattr(cfg, name)
         if not value:

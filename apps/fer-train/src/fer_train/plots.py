@@ -1,4 +1,5 @@
-"""Learning curves: train/val loss and accuracy per epoch, from the run's history."""
+"""Learning curves (train/val loss and accuracy per epoch) and the reliability diagram of the
+calibration (before and after temperature scaling)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
 from capsnet_model import atomic_write_bytes
+from capsnet_model.calibration import ReliabilityBins
 
 PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("loss", (("train_loss", "train"), ("val_loss", "validation"))),
@@ -47,6 +49,46 @@ def plot_learning_curves(
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no epochs logged", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_reliability(
+    before: ReliabilityBins, after: ReliabilityBins, path: Path, temperature: float
+) -> Path:
+    """Writes one PNG with the reliability diagram before (T = 1) and after temperature
+    scaling (accuracy against mean confidence per bin, the diagonal being calibrated);
+    returns it."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=110)
+    panels = ((before, "before (T = 1)"), (after, f"after (T = {temperature:.3g})"))
+    for ax, (bins, title) in zip(axes, panels, strict=True):
+        edges = bins.edges
+        width = float(edges[1] - edges[0])
+        used = bins.counts > 0
+        ax.bar(
+            edges[:-1][used],
+            bins.accuracy[used],
+            width=width,
+            align="edge",
+            edgecolor="black",
+            linewidth=0.5,
+            alpha=0.8,
+            label="accuracy",
+        )
+        ax.plot(
+            bins.confidence[used], bins.accuracy[used], "o", color="C1", ms=3, label="mean conf."
+        )
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("top probability")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}: ECE {bins.ece:.4f} ({bins.samples} test faces)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

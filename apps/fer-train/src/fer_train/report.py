@@ -11,7 +11,16 @@ from typing import Any
 
 from fer_train.data import Skipped
 
-PHASES = ("data", "training", "evaluating", "exporting", "verifying", "variants", "report")
+PHASES = (
+    "data",
+    "training",
+    "evaluating",
+    "exporting",
+    "calibrating",
+    "verifying",
+    "variants",
+    "report",
+)
 #: The skipped rows that ``metrics.json`` and ``report.md`` list (all are in ``skipped.csv``).
 SKIPPED_LISTED = 50
 SKIPPED_FILE = "skipped.csv"
@@ -101,6 +110,8 @@ def render_report(m: dict[str, Any]) -> str:
         "",
         "![confusion matrix](test_confusion.png) (counts in `test_confusion.csv`, rows: true)",
         "",
+        *_calibration_section(m),
+        "",
         "## ONNX",
         "",
         f"- `model.onnx`: {_size(m['onnx_size_bytes'])}, opset 18, dynamic batch, "
@@ -126,9 +137,16 @@ def render_report(m: dict[str, Any]) -> str:
                 f"| {fmt(v['test_accuracy'])} | {fmt(v['agreement'])} | "
                 f"{v['max_abs_diff']:.3g} |"
             )
+        first = next(iter(m["variants"].values()))
+        lines.append(
+            f"\nAgreement, accuracy and differences are measured on "
+            f"{first.get('checked_on', 'the test set')}, the same images for every file."
+        )
         if "int8" in m["variants"]:
-            lines.append(f"\nint8 calibration: {m['variants']['int8'].get('calib', 'n/a')}")
+            lines.append(f"int8 calibration: {m['variants']['int8'].get('calib', 'n/a')}.")
+    lines += ["", *_provenance_section(m.get("provenance"))]
     lines += ["", *_skipped_section(m.get("skipped"))]
+    lines += ["", *_environment_section(m.get("environment"))]
     t = m["timings"]
     lines += ["", "## Timings (seconds)", "", "| phase | s |", "| --- | --- |"]
     for phase in PHASES:
@@ -140,6 +158,8 @@ def render_report(m: dict[str, Any]) -> str:
         lines.append(f"![learning curves]({m['learning_curves']})")
     else:
         lines.append("(plots disabled)")
+    if m.get("reliability_diagram"):
+        lines += ["", "## Reliability diagram", "", f"![reliability]({m['reliability_diagram']})"]
     lines += [
         "",
         "Files: `best.safetensors` (selected model), `metrics.jsonl` (one line per epoch), "
@@ -171,4 +191,83 @@ def _skipped_section(skipped: dict[str, Any] | None) -> list[str]:
         lines.append(f"| {row['split']} | {_cell(row['where'])} | {_cell(row['reason'])} |")
     if skipped["count"] > len(skipped["first"]):
         lines.append(f"\n(the first {len(skipped['first'])} of {skipped['count']:,})")
+    return lines
+
+
+def _calibration_section(m: dict[str, Any]) -> list[str]:
+    """The "Calibration and abstention" lines: T, ECE and NLL before/after on the test set,
+    the threshold and what it does on the validation and test sets."""
+    lines = ["## Calibration and abstention", ""]
+    cal = m.get("calibration") or {}
+    if "skipped" in cal:
+        return [
+            *lines,
+            f"- **skipped**: {cal['skipped']}. `model.onnx` is uncalibrated (probabilities are "
+            f"the softmax of the scores at T = 1) and never abstains.",
+            f"- test ECE at T = 1: {fmt(cal['test']['ece_before'])} ({cal['bins']} bins)",
+        ]
+    test, val = cal["test"], cal["val"]
+    lines += [
+        f"- temperature scaling (`{cal['transform']}` of the scores): **T = "
+        f"{cal['temperature']:.4g}**, fitted on the {fmt(cal['val_samples'])} validation faces "
+        "(the split that selected the model)",
+        f"- test ECE ({cal['bins']} bins): **{fmt(test['ece_before'])} before, "
+        f"{fmt(test['ece_after'])} after**; test NLL {fmt(test['nll_before'])} -> "
+        f"{fmt(test['nll_after'])} (validation ECE {fmt(val['ece_before'])} -> "
+        f"{fmt(val['ece_after'])})",
+    ]
+    if "runtime_formula_max_abs_diff" in cal:
+        lines.append(
+            "- fer-export's probabilities from `model.onnx` (its metadata, ONNX Runtime's "
+            f"scores) differ from PyTorch's calibrated ones by at most "
+            f"{cal['onnx_probability_max_abs_diff']:.2g} (the formulas alone: "
+            f"{cal['runtime_formula_max_abs_diff']:.2g})"
+        )
+    a = m.get("abstention") or {}
+    if "skipped" in a:
+        lines.append(f"- abstention: none ({a['skipped']})")
+        return lines
+    lines += [
+        f"- abstention: a face whose top probability is below **{a['threshold']:.4f}** is "
+        f"labelled `unknown`; chosen to answer {a['coverage_target']:.0%} of the validation "
+        f"faces (answered {a['val_coverage']:.1%}, accuracy {fmt(a['val_accuracy_covered'])})",
+        f"- on the test set: **coverage {a['test_coverage']:.1%}, accuracy "
+        f"{fmt(a['test_accuracy_covered'])} on the answered faces** ({a['test_abstained']} "
+        f"abstained; accuracy on all faces {fmt(m['test_accuracy'])})",
+    ]
+    return lines
+
+
+def _provenance_section(p: dict[str, Any] | None) -> list[str]:
+    """The provenance written into ``model.onnx`` (``fer.provenance``)."""
+    lines = ["## Provenance (in model.onnx)", ""]
+    if not p:
+        return [*lines, "- none recorded"]
+    sizes = p["sizes"]
+    lines += [
+        f"- data set `{p['dataset']}`{' (synthetic)' if p['synthetic'] else ''}: "
+        f"{fmt(sizes['train'])} train / {fmt(sizes['val'])} validation / "
+        f"{fmt(sizes['test'])} test; {p['split']}",
+        f"- test accuracy {fmt(p['test_accuracy'])}, mean class accuracy "
+        f"{fmt(p['mean_class_accuracy'])}; AU maps: {p['au_source']}; {p['trained_with']}",
+        f"- note: {p['note']}",
+    ]
+    return lines
+
+
+def _environment_section(e: dict[str, Any] | None) -> list[str]:
+    """Thread counts, platform and versions: what the training numbers depend on."""
+    lines = ["## Environment", ""]
+    if not e:
+        return [*lines, "- not recorded"]
+    versions = ", ".join(f"{name} {v}" for name, v in e["versions"].items())
+    setting = "torch's default" if e["threads_setting"] is None else "threads setting"
+    lines += [
+        f"- torch threads {e['torch_threads']} ({setting}), inter-op threads "
+        f"{e['torch_interop_threads']}, {e['cpu_count']} CPUs ({e['cpu_capability']}); "
+        f"deterministic algorithms: {fmt(e['deterministic'])}; seed {e['seed']}",
+        f"- {e['platform']}; {versions}",
+        "- training on CPU repeats exactly only with the same thread count and CPU features: "
+        "rerun with `threads=" + str(e["torch_threads"]) + "` to compare",
+    ]
     return lines
