@@ -16,17 +16,29 @@ Graph interface:
 * output ``scores``: float32 ``(N, len(labels))``; capsule lengths in [0, 1) for capsule models
   (``score_kind = "capsule_length"``) or logits (``"logit"``).
 
-The AU attention map: ``"baked"`` -- the mean-face template map is a constant inside the
-graph (one input); ``"input"`` -- the graph takes the map; ``"none"`` -- the model has no
-attention. For ``"input"`` models the metadata carries the template's AU centres (``au_centres``
-on an ``au_grid`` x ``au_grid`` grid, diamond ``falloff``) so a runtime can paint the default
-map itself (:func:`paint_attention_map`).
+The AU attention map: ``"baked"`` -- the mean-face template map (zeros for a model trained
+without AU maps) is a constant inside the graph (one input); ``"input"`` -- the graph takes the
+map; ``"none"`` -- the model has no attention. For ``"input"`` models the metadata carries the
+template's AU centres (``au_centres`` on an ``au_grid`` x ``au_grid`` grid, diamond
+``falloff``) so a runtime can paint the default map itself (:func:`paint_attention_map`).
+
+What a user can trust the model with (optional keys; files exported before them keep
+loading, with the defaults in brackets): ``dataset`` (the training data set's name [""]),
+``au_source`` (the AU map it was trained with: ``template``, ``landmarks`` -- each face's map
+painted from its 68 landmarks by ``au_rule``, so ``attention`` must be ``input`` -- or ``none``
+[template, or none without attention]), ``au_rule`` (how AU centres follow from landmarks:
+:func:`au_centres_from_rule`), ``calibration`` (temperature scaling:
+:meth:`ModelContract.probabilities` turns raw scores into probabilities with it [T = 1]),
+``abstention`` (the top probability below which a face is :data:`UNKNOWN_LABEL` [never]) and
+``provenance`` (data set, sizes, split, test accuracy...: :meth:`ModelContract.provenance_line`
+[unknown]). Rules between keys are checked too (e.g. ``landmarks`` needs ``input`` and a rule).
 
 Metadata rules (README.md has them as a table): plain-text keys (``format``, ``attention``,
 ``score_kind``, ``channel_order``, ``layout``, ``precision``, ``model_name``,
-``model_version``) hold the value itself; every other key holds JSON. Each value is checked
-for its JSON syntax, type, range and length; numbers must be finite as float32 (the runtime
-computes in float32). Unknown ``fer.*`` keys are ignored, so a newer writer can add keys.
+``model_version``, ``dataset``, ``au_source``) hold the value itself; every other key holds
+JSON. Each value is checked for its JSON syntax, type, range and length; numbers must be
+finite as float32 (the runtime computes in float32). Unknown ``fer.*`` keys are ignored, so a
+newer writer can add keys.
 """
 
 from __future__ import annotations

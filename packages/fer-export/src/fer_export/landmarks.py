@@ -47,7 +47,12 @@ INSTALL_HINT = (
 
 
 class LandmarksUnavailableError(ValueError):
-    """A model needs per-face landmarks and no landmark finder is installed or given."""
+    """A model needs per-face landmarks and no landmark finder is installed or given;
+    ``reasons`` says why each finder was not usable."""
+
+    def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
 
 
 def _optional(module: str) -> Any | None:
@@ -138,5 +143,6 @@ def find_landmarks(
             continue
         return DlibLandmarks(module, path)
     raise LandmarksUnavailableError(
-        f"no 68-point landmark finder available ({'; '.join(reasons)}): {INSTALL_HINT}"
+        f"no 68-point landmark finder available ({'; '.join(reasons)}): {INSTALL_HINT}",
+        tuple(reasons),
     )

@@ -221,12 +221,14 @@ class FERSession:
         try:
             return "landmarks", find_landmarks()
         except LandmarksUnavailableError as exc:
+            why = "; ".join(exc.reasons) or str(exc)
             raise LandmarksUnavailableError(
                 f"{self.path} was trained with landmark AU maps (fer.au_source 'landmarks'): "
-                f"every face needs the map of its own 68 landmarks, and {exc}. To run it, "
-                f"{INSTALL_HINT}; or pass landmarks= (a callable face crop -> (68, 2) points); "
-                "or pass au_source='template' to knowingly use the mean-face template map "
-                "instead (predictions may be less accurate)"
+                f"every face needs the map of its own 68 landmarks, and no landmark finder is "
+                f"installed ({why}). To run it, {INSTALL_HINT}; or pass landmarks= (a callable "
+                "face crop -> (68, 2) points); or pass au_source='template' to knowingly use "
+                "the mean-face template map instead (predictions may be less accurate)",
+                exc.reasons,
             ) from exc
 
     # -- properties ---------------------------------------------------------------------------
