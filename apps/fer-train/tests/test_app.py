@@ -114,6 +114,8 @@ def test_calibration_and_abstention_are_fitted_on_the_validation_split(tiny_run:
     assert cal["val_samples"] == m["sizes"]["val"] == 14
     assert cal["val_accuracy"] == pytest.approx(m["val_accuracy"])
     assert 0.01 <= cal["temperature"] <= 100.0 and m["temperature"] == cal["temperature"]
+    bound = {0.01: "lower", 100.0: "upper"}.get(cal["temperature"])
+    assert cal["at_bound"] == bound
     # T minimises the validation NLL, so it cannot be worse there than T = 1
     assert cal["val"]["nll_after"] <= cal["val"]["nll_before"] + 1e-12
     for split in ("val", "test"):

@@ -60,8 +60,8 @@ def plot_reliability(
     before: ReliabilityBins, after: ReliabilityBins, path: Path, temperature: float
 ) -> Path:
     """Writes one PNG with the reliability diagram before (T = 1) and after temperature
-    scaling (accuracy against mean confidence per bin, the diagonal being calibrated);
-    returns it."""
+    scaling (per bin of the top probability: the accuracy as a bar, the mean confidence as a
+    dot; calibrated bins reach the diagonal); returns it."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=110)
     panels = ((before, "before (T = 1)"), (after, f"after (T = {temperature:.3g})"))
     for ax, (bins, title) in zip(axes, panels, strict=True):
@@ -78,8 +78,14 @@ def plot_reliability(
             alpha=0.8,
             label="accuracy",
         )
+        # the bin's mean confidence above its centre: the gap to the bar is the miscalibration
         ax.plot(
-            bins.confidence[used], bins.accuracy[used], "o", color="C1", ms=3, label="mean conf."
+            edges[:-1][used] + width / 2,
+            bins.confidence[used],
+            "o",
+            color="C1",
+            ms=4,
+            label="mean confidence",
         )
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
         ax.set_xlim(0, 1)

@@ -216,6 +216,17 @@ def _calibration_section(m: dict[str, Any]) -> list[str]:
         f"{fmt(test['nll_after'])} (validation ECE {fmt(val['ece_before'])} -> "
         f"{fmt(val['ece_after'])})",
     ]
+    if cal.get("at_bound") == "lower":
+        lines.append(
+            "- note: T is the search's lower bound: the validation faces are (almost) all "
+            "classified right with a wide margin, so the fit pushes the probabilities towards 0 "
+            "and 1 and says little; a larger or harder validation split gives a meaningful T"
+        )
+    elif cal.get("at_bound") == "upper":
+        lines.append(
+            "- note: T is the search's upper bound: the model barely tells the classes apart on "
+            "the validation faces, so the probabilities are flattened towards uniform"
+        )
     if "runtime_formula_max_abs_diff" in cal:
         lines.append(
             "- fer-export's probabilities from `model.onnx` (its metadata, ONNX Runtime's "

@@ -372,10 +372,14 @@ def _calibrate(
     val_figures = _split_figures(val_scores, val_targets, t, transform)
     after_bins = reliability_bins(probabilities(test_scores, t, transform), test_targets, ECE_BINS)
     result = _Calibration(transform, temperature=t, val_samples=len(val_targets))
+    low, high = TEMPERATURE_BOUNDS
     result.metrics = {
         "method": "temperature",
         "transform": transform,
         "temperature": t,
+        # a fit on a bound: the validation faces are (almost) all right with a wide margin
+        # (lower) or the model barely tells the classes apart there (upper)
+        "at_bound": "lower" if t == low else "upper" if t == high else None,
         "fitted_on": "val",
         "val_samples": len(val_targets),
         # equal to training's validation accuracy when these are the faces it selected on
@@ -427,9 +431,10 @@ def _calibration_line(c: _Calibration, test_samples: int) -> str:
             "and without abstention"
         )
     t = c.metrics["test"]
-    bound = " (the search's bound)" if c.temperature in TEMPERATURE_BOUNDS else ""
+    bound = {"lower": " (the search's lower bound)", "upper": " (the search's upper bound)"}
+    bound_text = bound.get(c.metrics.get("at_bound") or "", "")
     line = (
-        f"calibrating: T = {c.temperature:.3f}{bound} fitted on {c.val_samples} validation "
+        f"calibrating: T = {c.temperature:.3f}{bound_text} fitted on {c.val_samples} validation "
         f"faces; test ECE {t['ece_before']:.4f} -> {t['ece_after']:.4f}"
     )
     a = c.abstention
