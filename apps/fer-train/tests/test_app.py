@@ -176,6 +176,10 @@ def test_variants_are_calibrated_and_checked_on_different_images(tiny_run: Path)
     for v in m["variants"].values():
         assert v["checked_on"] == "the 35 test images (held out)"
     console = (tiny_run.parent / "console.txt").read_text()
+    threads = m["environment"]["torch_threads"]
+    assert (
+        f"training e2capsnet for up to 1 epochs in {tiny_run} ({threads} torch threads)" in console
+    )
     assert "int8 calibrated on 32 training images" in console
     assert "checked on the 35 test images (held out)" in console
 

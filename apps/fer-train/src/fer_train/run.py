@@ -184,7 +184,12 @@ def run(cfg: AppConfig) -> dict[str, Any] | None:
             f"{len(dataset_labels(splits.test))} test images ({timings['data']:.1f} s)"
         )
         _log_skipped(splits.skipped, out / SKIPPED_FILE)
-        log(f"training {train_cfg.model} for up to {train_cfg.epochs} epochs in {out}")
+        # CPU results depend on the thread count (kernels split their sums by thread), so the
+        # count is part of what reproduces a run.
+        log(
+            f"training {train_cfg.model} for up to {train_cfg.epochs} epochs in {out} "
+            f"({torch.get_num_threads()} torch threads)"
+        )
 
     t = time.perf_counter()
     result = train(train_cfg, splits.train, output_dir=out, val_set=splits.val, resume=cfg.resume)
