@@ -117,8 +117,11 @@ function drawResult(bitmap, result) {
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const sx = canvas.width / result.width;
   const sy = canvas.height / result.height;
-  const line = Math.max(2, Math.round(canvas.width / 300));
-  ctx.font = `${Math.max(12, Math.round(canvas.width / 45))}px system-ui, sans-serif`;
+  // Sizes in screen pixels: the canvas is scaled to fit the page, its labels should not be.
+  const shown = canvas.getBoundingClientRect().width || canvas.width;
+  const k = canvas.width / shown;
+  const line = Math.max(1, Math.round(2 * k));
+  ctx.font = `${Math.round(14 * k)}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
   result.faces.forEach((face, i) => {
     const [x, y, w, h] = face.box;
@@ -127,7 +130,7 @@ function drawResult(bitmap, result) {
     ctx.strokeStyle = colour;
     ctx.strokeRect(x * sx, y * sy, w * sx, h * sy);
     const text = `${i + 1}. ${face.label} ${fmt(face.score, 2)}`;
-    const pad = 3;
+    const pad = Math.round(3 * k);
     const height = parseInt(ctx.font, 10) + 2 * pad;
     const width = ctx.measureText(text).width + 2 * pad;
     const top = y * sy >= height ? y * sy - height : y * sy;
