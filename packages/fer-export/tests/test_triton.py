@@ -26,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -407,6 +408,146 @@ def test_pixel_limit_is_fersession_default() -> None:
     assert triton.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS
 
 
+def _fake_tritonclient(model: Path, calls: list[int]) -> dict[str, types.ModuleType]:
+    """Stand-ins for ``tritonclient.http`` and ``tritonclient.utils`` whose server runs
+    ``model`` with ONNX Runtime (the config as Triton's HTTP endpoint answers it, the fer.*
+    metadata as parameters); ``calls`` gets each request's batch size."""
+    import onnxruntime as ort
+
+    loaded = read_model(model)
+    contract = loaded.contract
+    s = contract.input_size
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inputs = [{"name": "image", "dims": [3, s, s]}]
+    if contract.attention == "input":
+        inputs.append({"name": "attention", "dims": [1, s, s]})
+    config = {
+        "max_batch_size": 4,
+        "input": inputs,
+        "output": [{"name": "scores", "dims": [contract.num_classes]}],
+        "parameters": {k: {"string_value": v} for k, v in loaded.metadata.items()},
+    }
+
+    class InferInput:
+        def __init__(self, name: str, shape: list[int], datatype: str) -> None:
+            self.name = name
+
+        def set_data_from_numpy(self, value: np.ndarray) -> None:
+            self.value = value
+
+    class Result:
+        def __init__(self, scores: np.ndarray) -> None:
+            self.scores = scores
+
+        def as_numpy(self, name: str) -> np.ndarray:
+            return self.scores
+
+    class Client:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        def is_model_ready(self, name: str, version: str) -> bool:
+            return name == "fer"
+
+        def get_model_config(self, name: str, version: str) -> dict[str, Any]:
+            return config
+
+        def infer(self, name: str, inputs: list[InferInput], **kwargs: Any) -> Result:
+            feeds = {i.name: i.value for i in inputs}
+            calls.append(len(feeds["image"]))
+            return Result(session.run(["scores"], feeds)[0])
+
+        def close(self) -> None:
+            pass
+
+    http = types.ModuleType("tritonclient.http")
+    http.InferenceServerClient = Client  # type: ignore[attr-defined]
+    http.InferInput = InferInput  # type: ignore[attr-defined]
+    http.InferRequestedOutput = lambda name: name  # type: ignore[attr-defined]
+    utils = types.ModuleType("tritonclient.utils")
+    utils.InferenceServerException = type("InferenceServerException", (Exception,), {})  # type: ignore[attr-defined]
+    package = types.ModuleType("tritonclient")
+    package.http, package.utils = http, utils  # type: ignore[attr-defined]
+    return {"tritonclient": package, "tritonclient.http": http, "tritonclient.utils": utils}
+
+
+def test_client_abstains_and_maps_like_fersession(
+    make_model: Any, helpers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a server (a stand-in tritonclient running the model with ONNX Runtime):
+    TritonFERClient's answers equal FERSession's field for field for abstain "model", None
+    and a number, with each face's own landmark map, and it refuses a landmarks model
+    without a finder as FERSession does."""
+    from fer_export.landmarks import LandmarksUnavailableError
+
+    rule = (((17, 21), 0.0), ((22, 26), 0.0), ((48, 54), 0.3))
+    contract = helpers.tiny_contract(
+        attention="input", au_centres=helpers.AU_CENTRES, au_source="landmarks", au_rule=rule,
+        score_kind="logit", abstention={"threshold": 0.5, "coverage_target": 0.5},
+        calibration={"method": "temperature", "temperature": 0.01, "transform": "identity"},
+    )  # fmt: skip
+    model = make_model("lm.onnx", contract=contract, attention_input=True)
+    calls: list[int] = []
+    for name, module in _fake_tritonclient(model, calls).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    monkeypatch.setitem(sys.modules, "face_alignment", None)
+    monkeypatch.delenv("CAPSNET_DLIB_LANDMARKS", raising=False)
+
+    def finder(crop: np.ndarray) -> np.ndarray | None:
+        if crop.shape[1] < 40:  # some faces without landmarks: the template map
+            return None
+        h, w = crop.shape[:2]
+        i = np.arange(68, dtype=np.float64)
+        return np.stack([(0.2 + 0.6 * (i * 37 % 68) / 67) * w, (0.3 + 0.4 * i / 67) * h], 1)
+
+    # Reddish, grey and bluish noise: top probabilities 0.33 to 0.61 around the threshold 0.5.
+    rng = np.random.default_rng(5)
+    colours = ((190, 40, 30), (100, 100, 100), (20, 60, 180))
+    images = [
+        np.clip(rng.integers(0, 60, (60, 80, 3)) + np.array(c), 0, 255).astype(np.uint8)
+        for c in colours
+    ]
+    boxes = [[[0, 0, 40, 40], [30, 10, 30, 30]], [[5, 5, 50, 40]], [[10, 0, 25, 60]]]
+    seen: dict[str, set[Any]] = {"label": set(), "au_map": set()}
+    for kwargs in ({}, {"abstain": None}, {"abstain": 0.9}, {"au_source": "template"}):
+        given = {} if "au_source" in kwargs else {"landmarks": finder}
+        session = FERSession(model, "cpu", **kwargs, **given)  # type: ignore[arg-type]
+        client = triton.TritonFERClient("localhost:8000", "fer", **kwargs, **given)  # type: ignore[arg-type]
+        assert client.abstain_threshold == session.abstain_threshold
+        assert client.au_source == session.au_source
+        want = session.predict_decoded(images, boxes)
+        calls.clear()
+        have = client.predict_decoded(images, boxes)
+        assert calls == [4], calls  # 4 faces in one request (max_batch_size 4)
+        for w_faces, h_faces in zip(want, have, strict=True):
+            assert len(w_faces) == len(h_faces)
+            for w, h in zip(w_faces, h_faces, strict=True):
+                a, b = w.to_dict(), h.to_dict()
+                for key in ("probabilities", "raw_scores"):
+                    np.testing.assert_allclose(
+                        list(b.pop(key).values()), list(a.pop(key).values()), atol=1e-6
+                    )
+                assert b.pop("score") == pytest.approx(a.pop("score"), abs=1e-6)
+                assert a == b
+                seen["label"].add((tuple(kwargs.items()), w.label == "unknown"))
+                seen["au_map"].add(w.au_map)
+    # Both kinds of answer were compared: "unknown" and not, own maps and the template.
+    assert ((), True) in seen["label"] and ((), False) in seen["label"], seen
+    assert ((("abstain", None),), True) not in seen["label"]
+    assert ((("abstain", 0.9),), False) not in seen["label"]
+    assert seen["au_map"] == {"landmarks", "template"}
+    with pytest.raises(LandmarksUnavailableError) as refused:
+        triton.TritonFERClient("localhost:8000", "fer")
+    message = str(refused.value)
+    assert "model 'fer' on http localhost:8000 was trained with landmark AU maps" in message
+    assert "au_source='template'" in message and "\n" not in message
+    with pytest.raises(ValueError, match="abstain must be 'model'"):
+        triton.TritonFERClient("localhost:8000", "fer", abstain="always")
+    with pytest.raises(ValueError, match="landmarks must be a callable"):
+        triton.TritonFERClient("localhost:8000", "fer", landmarks="dlib")  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------------------------
 # With FER_TRITON_PYTHON: Triton's own schema, and a real server
 
@@ -629,23 +770,72 @@ def _bundled_server(python: Path, repository: Path, work: Path) -> Iterator[dict
             server.wait(timeout=15)
 
 
+#: A landmark finder both environments run (this one for FERSession, the venv for the
+#: client): 68 points spread over the crop, none found for about a third of the crops (those
+#: whose first pixel's red value is a multiple of 3), so faces get their own maps and the
+#: template fallback in one request.
+_FINDER_SOURCE = """
+def finder(crop):
+    import numpy as np
+
+    if int(crop[0, 0, 0]) % 3 == 0:
+        return None
+    h, w = crop.shape[:2]
+    i = np.arange(68, dtype=np.float64)
+    x = (0.2 + 0.6 * ((i * 37) % 68) / 67) * w
+    y = (0.25 + 0.5 * ((i * 11) % 68) / 67) * h
+    return np.stack([x, y], axis=1)
+"""
+
+
+def _finder() -> Any:
+    namespace: dict[str, Any] = {}
+    exec(_FINDER_SOURCE, namespace)  # the same text the venv script runs
+    return namespace["finder"]
+
+
 _CLIENT_SCRIPT = """
-    import json, sys
+    import json, os, sys
     from concurrent.futures import ThreadPoolExecutor
     from urllib.request import urlopen
     from fer_export.triton import TritonFERClient
 
+    # No landmark finder in this venv, whatever gets installed into it later.
+    sys.modules["dlib"] = None
+    sys.modules["face_alignment"] = None
+    os.environ.pop("CAPSNET_DLIB_LANDMARKS", None)
+    FINDER
+
     spec = json.loads(sys.argv[1])
     out = {}
-    for protocol in ("http", "grpc"):
+    for run in spec["runs"]:
+        protocol = run["protocol"]
         port = spec["ports"][protocol]
-        with TritonFERClient(f"127.0.0.1:{port}", spec["model"], protocol, timeout_s=30) as c:
+        kwargs = dict(run["kwargs"])
+        if run["finder"]:
+            kwargs["landmarks"] = finder
+        with TritonFERClient(
+            f"127.0.0.1:{port}", spec["model"], protocol, timeout_s=30, **kwargs
+        ) as c:
             def one(job):
                 path, faces = job
                 return [p.to_dict() for p in c.predict(path, faces)]
             # Threads at once, each request with a face or two: the server batches them.
             with ThreadPoolExecutor(spec["threads"]) as pool:
-                out[protocol] = list(pool.map(one, [tuple(j) for j in spec["jobs"]]))
+                answers = list(pool.map(one, [tuple(j) for j in spec["jobs"]]))
+            out[run["name"]] = {
+                "answers": answers,
+                "abstain_threshold": c.abstain_threshold,
+                "au_source": c.au_source,
+            }
+    # A landmarks model without a finder: refused as FERSession refuses it.
+    if spec["refusal"]:
+        try:
+            TritonFERClient(f"127.0.0.1:{spec['ports']['http']}", spec["model"], "http")
+        except Exception as exc:
+            out["refusal"] = [type(exc).__name__, str(exc)]
+    for protocol in ("http", "grpc"):
+        port = spec["ports"][protocol]
         # Errors a deployment meets: a model the server does not have, a server not there.
         for label, url, model in (
             ("unknown_model", f"127.0.0.1:{port}", "no_such_model"),
@@ -655,32 +845,67 @@ _CLIENT_SCRIPT = """
                 TritonFERClient(url, model, protocol, timeout_s=10)
             except Exception as exc:
                 out[f"{protocol}_{label}"] = [type(exc).__name__, str(exc)]
+    # A bad argument fails before any server is asked (there is none on this port).
+    try:
+        TritonFERClient(f"127.0.0.1:{spec['closed_port']}", spec["model"], abstain="always")
+    except Exception as exc:
+        out["bad_abstain"] = [type(exc).__name__, str(exc)]
     stats_url = f"http://127.0.0.1:{spec['ports']['http']}/v2/models/{spec['model']}/stats"
     with urlopen(stats_url, timeout=10) as answer:
         out["stats"] = json.load(answer)["model_stats"][0]
     print(json.dumps(out))
-"""
+""".replace("    FINDER", textwrap.indent(textwrap.dedent(_FINDER_SOURCE), "    "))
+
+#: A rule placing three AU centres on the finder's landmarks (fer.au_rule rows: landmark
+#: indices, then how far below their mean, in eye distances).
+_AU_RULE = (((17, 21), 0.0), ((22, 26), 0.0), ((48, 54), 0.3))
+#: Calibration the models under test carry: probabilities are softmax(logits / 0.5).
+_CALIBRATION = {"method": "temperature", "temperature": 0.5, "transform": "identity"}
 
 
-@pytest.mark.parametrize("which", ["baked", "attention"])
+def _threshold_between(tops: list[float]) -> float:
+    """A threshold in the widest gap between the middle half of ``tops``: some faces abstain
+    and some do not, and none sits close enough to the threshold for float32 noise between
+    two runtimes to flip it."""
+    ordered = sorted(tops)
+    n = len(ordered)
+    pairs = [(ordered[i + 1] - ordered[i], i) for i in range(n // 4, max(n // 4 + 1, 3 * n // 4))]
+    gap, i = max(pairs)
+    assert gap > 1e-4, f"the test images' top probabilities are too close: {ordered}"
+    return (ordered[i] + ordered[i + 1]) / 2
+
+
+def _field_for_field(want: list[dict[str, Any]], have: list[dict[str, Any]], where: Any) -> None:
+    """``have`` (TritonFERClient's faces) equal ``want`` (FERSession's): every field exactly,
+    the floats within float32 noise."""
+    assert len(have) == len(want), where
+    for w, h in zip(want, have, strict=True):
+        assert set(h) == set(w), where
+        for key in ("box", "crop_box", "label", "label_index", "top_label", "abstained", "au_map"):
+            assert h[key] == w[key], (where, key, h[key], w[key])
+        for key in ("probabilities", "raw_scores"):
+            assert list(h[key]) == list(w[key]), (where, key)
+            np.testing.assert_allclose(
+                list(h[key].values()), list(w[key].values()), rtol=0, atol=1e-5, err_msg=key
+            )
+        assert h["score"] == pytest.approx(w["score"], abs=1e-5), where
+
+
+@pytest.mark.parametrize("which", ["baked", "landmarks"])
 def test_python_twin_on_the_bundled_server(
     which: str,
-    model_path: Path,
-    attention_model_path: Path,
+    make_model: Any,
+    helpers: Any,
     face_scene: tuple[np.ndarray, tuple[int, int, int, int]],
     tmp_path: Path,
 ) -> None:
-    """The same model and client as production, through the python-backend twin."""
+    """The same model and client as production, through the python-backend twin: the
+    client's predictions equal FERSession's field for field -- calibrated probabilities,
+    raw scores, labels with "unknown" below the model's abstention threshold, ``abstained``,
+    and for a model trained with landmark AU maps each face's own map (or the template where
+    no landmarks are found); without a finder the client refuses that model as FERSession
+    does."""
     python = _triton_python()
-    model = model_path if which == "baked" else attention_model_path
-    # A long queue delay with a preferred size of 8 faces (4 requests): concurrent requests
-    # are batched even on a loaded machine; each lone request waits at most the delay.
-    options = TritonOptions(
-        backend="python", kind="cpu", max_batch=16, preferred_batch=(8,), queue_delay_us=300_000
-    )
-    repository = tmp_path / "repo"
-    write_repository(model, repository, name="fer", options=options)
-
     scene, _ = face_scene
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
@@ -692,9 +917,54 @@ def test_python_twin_on_the_bundled_server(
         jobs.append((str(tmp_path / "noise.png"), [[k, k, 40, 30], [50 - k, 20, 30 + k, 50]]))
     jobs.append((str(tmp_path / "noise.png"), "whole"))
 
-    session = FERSession(model, "cpu")
-    expected = [[p.to_dict() for p in session.predict(path, faces)] for path, faces in jobs]
-    assert len(expected[0]) == 1, "the drawn face should be detected"
+    landmarks = which == "landmarks"
+    finder = _finder() if landmarks else None
+    values: dict[str, Any] = {"score_kind": "logit", "calibration": _CALIBRATION}
+    if landmarks:
+        values.update(
+            attention="input", au_centres=helpers.AU_CENTRES, au_source="landmarks",
+            au_rule=_AU_RULE,
+        )  # fmt: skip
+    # The model's abstention threshold sits between the top probabilities of these faces.
+    plain = make_model("plain.onnx", contract=helpers.tiny_contract(**values),
+                       attention_input=landmarks)  # fmt: skip
+    probe = FERSession(plain, "cpu", abstain=None, landmarks=finder)
+    tops = [f.score for path, faces in jobs for f in probe.predict(path, faces)]
+    abstention = {"threshold": _threshold_between(tops), "coverage_target": 0.5}
+    model = make_model(
+        "model.onnx",
+        contract=helpers.tiny_contract(**values, abstention=abstention),
+        attention_input=landmarks,
+    )
+    # A long queue delay with a preferred size of 8 faces (4 requests): concurrent requests
+    # are batched even on a loaded machine; each lone request waits at most the delay.
+    options = TritonOptions(
+        backend="python", kind="cpu", max_batch=16, preferred_batch=(8,), queue_delay_us=300_000
+    )
+    repository = tmp_path / "repo"
+    write_repository(model, repository, name="fer", options=options)
+
+    # (name, protocol, keyword arguments, given the finder) for the client and FERSession.
+    runs: list[tuple[str, str, dict[str, Any], bool]] = [
+        ("http", "http", {}, landmarks),
+        ("grpc", "grpc", {}, landmarks),
+        ("http_never", "http", {"abstain": None}, landmarks),
+        ("grpc_high", "grpc", {"abstain": 0.99}, landmarks),
+    ]
+    if landmarks:
+        runs.append(("http_template", "http", {"au_source": "template"}, False))
+    expected = {}
+    for name, _, kwargs, given in runs:
+        session = FERSession(model, "cpu", **kwargs, landmarks=finder if given else None)
+        expected[name] = [[p.to_dict() for p in session.predict(path, f)] for path, f in jobs]
+    assert len(expected["http"][0]) == 1, "the drawn face should be detected"
+    # The checks below would prove little if the answers did not include both kinds.
+    labels = [p["label"] for faces in expected["http"] for p in faces]
+    assert "unknown" in labels and set(labels) - {"unknown"}, labels
+    assert not any(p["abstained"] for faces in expected["http_never"] for p in faces)
+    assert all(p["abstained"] for faces in expected["grpc_high"] for p in faces)
+    au_maps = {p["au_map"] for faces in expected["http"] for p in faces}
+    assert au_maps == ({"landmarks", "template"} if landmarks else {"template"}), au_maps
 
     with _bundled_server(python, repository, tmp_path) as server:
         ports = {"http": server["http"], "grpc": server["grpc"]}
@@ -704,6 +974,8 @@ def test_python_twin_on_the_bundled_server(
             "model": "fer",
             "threads": 4,
             "jobs": jobs,
+            "runs": [{"name": n, "protocol": p, "kwargs": k, "finder": f} for n, p, k, f in runs],
+            "refusal": landmarks,
         }
         result = _run_venv(
             python,
@@ -711,30 +983,35 @@ def test_python_twin_on_the_bundled_server(
             tmp_path,
             timeout=120,
         )
+    for name, _, kwargs, given in runs:
+        got = result[name]
+        session = FERSession(model, "cpu", **kwargs, landmarks=finder if given else None)
+        assert got["abstain_threshold"] == session.abstain_threshold, name
+        assert got["au_source"] == session.au_source, name
+        assert len(got["answers"]) == len(jobs)
+        for job, want, have in zip(jobs, expected[name], got["answers"], strict=True):
+            _field_for_field(want, have, (name, job))
+    if landmarks:
+        kind, message = result["refusal"]
+        assert kind == "LandmarksUnavailableError", message
+        assert "'fer'" in message and "trained with landmark AU maps" in message
+        assert "au_source='template'" in message and "landmarks=" in message
+    else:
+        assert "refusal" not in result
+    kind, message = result["bad_abstain"]
+    assert kind == "ValueError" and "abstain must be 'model'" in message, message
     for protocol in ("http", "grpc"):
-        got = result[protocol]
-        assert len(got) == len(jobs)
-        for job, want, have in zip(jobs, expected, got, strict=True):
-            assert [p["box"] for p in have] == [p["box"] for p in want], (protocol, job)
-            assert [p["crop_box"] for p in have] == [p["crop_box"] for p in want]
-            assert [p["label"] for p in have] == [p["label"] for p in want], (protocol, job)
-            for w, h in zip(want, have, strict=True):
-                np.testing.assert_allclose(
-                    list(h["scores"].values()), list(w["scores"].values()), rtol=0, atol=1e-5
-                )
-                assert list(h["scores"]) == list(w["scores"])
-    for protocol in ("http", "grpc"):
-        name, message = result[f"{protocol}_unknown_model"]
-        assert name == "TritonUnavailableError", message
+        kind, message = result[f"{protocol}_unknown_model"]
+        assert kind == "TritonUnavailableError", message
         assert "'no_such_model'" in message and "not ready" in message
-        name, message = result[f"{protocol}_no_server"]
-        assert name == "TritonUnavailableError", message
+        kind, message = result[f"{protocol}_no_server"]
+        assert kind == "TritonUnavailableError", message
         assert str(spec["closed_port"]) in message
     stats = result["stats"]
     requests = stats["inference_stats"]["success"]["count"]
     executions = stats["execution_count"]
-    # The warm-up request plus one per job and protocol, served in fewer executions: at least
+    # The warm-up request plus one per job and run, served in fewer executions: at least
     # one execution ran requests from several clients together.
-    assert requests >= 2 * len(jobs)
+    assert requests >= len(runs) * len(jobs)
     assert executions < requests, stats
     assert any(b["batch_size"] > 2 for b in stats["batch_stats"]), stats["batch_stats"]

@@ -26,16 +26,20 @@ import numpy as np
 
 from fer_export.contract import UNKNOWN_LABEL, ModelContract
 from fer_export.faces import Box, Detector, clip_box, crop_with_margin
+from fer_export.landmarks import INSTALL_HINT, LandmarksUnavailableError, find_landmarks
 
 __all__ = [
     "FacesArg",
     "LandmarkFinder",
     "Prediction",
+    "check_abstain",
     "check_rgb",
     "check_threshold",
     "face_input",
     "per_image",
     "predict_images",
+    "resolve_abstain",
+    "resolve_au_source",
 ]
 
 #: ``"detect"``, ``"whole"`` or a list of ``(x, y, w, h)`` boxes.
@@ -179,6 +183,72 @@ def check_threshold(abstain: Any) -> float | None:
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"abstain threshold must be in [0, 1], got {abstain!r}")
     return value
+
+
+def check_abstain(abstain: Any) -> str | float | None:
+    """``abstain`` as given to ``FERSession``/``TritonFERClient``: ``"model"``, a threshold
+    in [0, 1] (as a float) or None; ValueError naming the value otherwise."""
+    if isinstance(abstain, str):
+        if abstain != "model":
+            raise ValueError(
+                f"abstain must be 'model', a number in [0, 1] or None, got {abstain!r}"
+            )
+        return abstain
+    return check_threshold(abstain)
+
+
+def resolve_abstain(contract: ModelContract, abstain: Any) -> float | None:
+    """The abstention threshold in effect for ``abstain``: ``"model"`` -> the contract's
+    (``fer.abstention``; None when it has none), a number in [0, 1] -> itself, None -> None
+    (never abstain); ValueError naming the value otherwise."""
+    value = check_abstain(abstain)
+    return contract.abstain_threshold if isinstance(value, str) else value
+
+
+def resolve_au_source(
+    contract: ModelContract, au_source: Any, landmarks: Any, model: str
+) -> tuple[str, LandmarkFinder | None]:
+    """``(AU-map source the faces get, landmark finder for it)``: the finder is None unless
+    the source is ``"landmarks"``.
+
+    ``au_source``: None (the model's, ``contract.au_map_source``) or ``"template"`` (knowingly
+    give a landmarks model the mean-face map); ``landmarks``: a finder callable, or None to
+    look for an installed one (:func:`fer_export.landmarks.find_landmarks`) when the model
+    needs it -- ignored by other models. ``model`` names the model in messages. Raises
+    ValueError for a bad ``au_source``/``landmarks``, and
+    :class:`~fer_export.landmarks.LandmarksUnavailableError` when a landmarks model gets no
+    finder and none is installed (the message says what to install, or ``landmarks=``, or
+    ``au_source='template'``).
+    """
+    trained = contract.au_map_source
+    if landmarks is not None and not callable(landmarks):
+        raise ValueError(
+            f"landmarks must be a callable face crop -> (68, 2) points, got "
+            f"{type(landmarks).__name__}"
+        )
+    if au_source not in (None, "template", trained):
+        raise ValueError(
+            f"au_source must be None (the model's: {trained!r}) or 'template', got "
+            f"{au_source!r}: {model} was trained with {trained!r} AU maps"
+        )
+    if trained != "landmarks":
+        return trained, None
+    if au_source == "template":
+        return "template", None
+    if landmarks is not None:
+        return "landmarks", landmarks
+    try:
+        return "landmarks", find_landmarks()
+    except LandmarksUnavailableError as exc:
+        why = "; ".join(exc.reasons) or str(exc)
+        raise LandmarksUnavailableError(
+            f"{model} was trained with landmark AU maps (fer.au_source 'landmarks'): every "
+            f"face needs the map of its own 68 landmarks, and no landmark finder is installed "
+            f"({why}). To run it, {INSTALL_HINT}; or pass landmarks= (a callable face crop -> "
+            "(68, 2) points); or pass au_source='template' to knowingly use the mean-face "
+            "template map instead (predictions may be less accurate)",
+            exc.reasons,
+        ) from exc
 
 
 def _face_landmarks(landmarks: LandmarkFinder, crop: np.ndarray, where: str) -> np.ndarray | None:

@@ -44,14 +44,14 @@ from fer_export.faces import (
     ThreadLocalDetector,
     decode_image,
 )
-from fer_export.landmarks import INSTALL_HINT, LandmarksUnavailableError, find_landmarks
 from fer_export.predict import (
     FacesArg,
     LandmarkFinder,
     Prediction,
-    check_threshold,
     per_image,
     predict_images,
+    resolve_abstain,
+    resolve_au_source,
 )
 from fer_export.providers import (
     PROVIDER_NAMES,
@@ -139,8 +139,10 @@ class FERSession:
         self._contract: ModelContract = loaded.contract
         self._static_batch = loaded.static_batch
         del loaded  # the protobuf: ONNX Runtime reads the file itself
-        self._abstain = self._resolve_abstain(abstain)
-        self._au_source, self._landmarks = self._resolve_au_source(au_source, landmarks)
+        self._abstain = resolve_abstain(self._contract, abstain)
+        self._au_source, self._landmarks = resolve_au_source(
+            self._contract, au_source, landmarks, str(self.path)
+        )
 
         self.device_id = int(device_id)
         self.trt_fp16 = bool(trt_fp16)
@@ -186,50 +188,6 @@ class FERSession:
         )
         if warmup:
             self.warmup()
-
-    def _resolve_abstain(self, abstain: str | float | None) -> float | None:
-        if isinstance(abstain, str):
-            if abstain != "model":
-                raise ValueError(
-                    f"abstain must be 'model', a number in [0, 1] or None, got {abstain!r}"
-                )
-            return self._contract.abstain_threshold
-        return check_threshold(abstain)
-
-    def _resolve_au_source(
-        self, au_source: str | None, landmarks: LandmarkFinder | None
-    ) -> tuple[str, LandmarkFinder | None]:
-        """The AU-map source the faces get and the landmark finder for it (None unless the
-        source is ``landmarks``)."""
-        trained = self._contract.au_map_source
-        if landmarks is not None and not callable(landmarks):
-            raise ValueError(
-                f"landmarks must be a callable face crop -> (68, 2) points, got "
-                f"{type(landmarks).__name__}"
-            )
-        if au_source not in (None, "template", trained):
-            raise ValueError(
-                f"au_source must be None (the model's: {trained!r}) or 'template', got "
-                f"{au_source!r}: {self.path.name} was trained with {trained!r} AU maps"
-            )
-        if trained != "landmarks":
-            return trained, None
-        if au_source == "template":
-            return "template", None
-        if landmarks is not None:
-            return "landmarks", landmarks
-        try:
-            return "landmarks", find_landmarks()
-        except LandmarksUnavailableError as exc:
-            why = "; ".join(exc.reasons) or str(exc)
-            raise LandmarksUnavailableError(
-                f"{self.path} was trained with landmark AU maps (fer.au_source 'landmarks'): "
-                f"every face needs the map of its own 68 landmarks, and no landmark finder is "
-                f"installed ({why}). To run it, {INSTALL_HINT}; or pass landmarks= (a callable "
-                "face crop -> (68, 2) points); or pass au_source='template' to knowingly use "
-                "the mean-face template map instead (predictions may be less accurate)",
-                exc.reasons,
-            ) from exc
 
     # -- properties ---------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from fer_export.contract import (
 
 if TYPE_CHECKING:
     from fer_export.faces import Detector, ImageInput
-    from fer_export.predict import FacesArg, Prediction
+    from fer_export.predict import FacesArg, LandmarkFinder, Prediction
 
 __all__ = [
     "CONFIG_FILE",
@@ -901,10 +901,23 @@ class TritonFERClient:
         detector: face detector for ``faces="detect"`` (default: a
             :class:`~fer_export.faces.ThreadLocalDetector`).
         timeout_s: network timeout per request.
+        abstain: the top probability below which ``predict*`` label a face ``"unknown"``:
+            ``"model"`` (default) the contract's ``fer.abstention`` threshold (none if it has
+            none), a number in [0, 1] instead of it, or None for never -- as
+            :class:`~fer_export.session.FERSession`.
+        landmarks: for models trained with landmark AU maps (``fer.au_source``
+            ``landmarks``): a callable ``rgb face crop (H, W, 3) uint8 -> (68, 2) landmarks or
+            None``; default: an installed finder (:func:`fer_export.landmarks.find_landmarks`).
+            Each face's map is made here and sent as the ``attention`` input. Ignored by other
+            models.
+        au_source: None (default) feeds every face the AU map the model was trained with;
+            ``"template"`` knowingly gives a landmarks model the mean-face template map.
 
-    Predictions equal :class:`~fer_export.session.FERSession`'s for the same model and image:
-    the detection, cropping and preprocessing code is the same, and only the batch of crops
-    travels. A client can be shared by threads (each thread gets its own connection).
+    Predictions equal :class:`~fer_export.session.FERSession`'s for the same model, image and
+    arguments, field for field (boxes, probabilities, raw scores, label or ``"unknown"``,
+    ``abstained``, AU map): the detection, cropping, preprocessing, calibration and abstention
+    code is the same, and only the batch of crops (and AU maps) travels. A client can be
+    shared by threads (each thread gets its own connection).
 
     Raises:
         TritonClientMissingError: tritonclient is not installed (the message says what to
@@ -913,6 +926,11 @@ class TritonFERClient:
         TritonModelMismatchError: the server's model does not take the contract's inputs.
         ContractError: the model's config on the server carries no valid ``fer.*`` contract
             (and none was given).
+        LandmarksUnavailableError: the model was trained with landmark AU maps, no
+            ``landmarks=`` was given and no landmark finder is installed (a ValueError naming
+            the model, what to install and ``au_source="template"``).
+        ValueError: a bad ``abstain``, ``au_source``, ``landmarks``, ``protocol`` or
+            ``timeout_s``.
     """
 
     def __init__(
@@ -925,11 +943,22 @@ class TritonFERClient:
         contract: ModelContract | str | os.PathLike[str] | None = None,
         detector: Detector | None = None,
         timeout_s: float = 30.0,
+        abstain: str | float | None = "model",
+        landmarks: LandmarkFinder | None = None,
+        au_source: str | None = None,
     ) -> None:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol is {protocol!r}, expected 'http' or 'grpc'")
         if not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s is {timeout_s!r}, expected a number of seconds > 0")
+        if landmarks is not None and not callable(landmarks):
+            raise ValueError(
+                f"landmarks must be a callable face crop -> (68, 2) points, got "
+                f"{type(landmarks).__name__}"
+            )
+        from fer_export.predict import check_abstain, resolve_abstain, resolve_au_source
+
+        check_abstain(abstain)  # bad arguments fail before the server is asked anything
         self.protocol = protocol
         self.url, self._ssl = _split_url(url, protocol)
         self.model_name = model_name
@@ -955,6 +984,10 @@ class TritonFERClient:
         self._check_config(config, max_batch)
         #: Largest batch sent in one request (the model's max_batch_size).
         self.max_batch = max_batch
+        self._abstain = resolve_abstain(self._contract, abstain)
+        self._au_source, self._landmarks = resolve_au_source(
+            self._contract, au_source, landmarks, self._where()
+        )
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -1108,6 +1141,22 @@ class TritonFERClient:
         """The face detector used by ``faces="detect"``."""
         return self._detector
 
+    @property
+    def abstain_threshold(self) -> float | None:
+        """The top probability below which ``predict*`` answer ``"unknown"`` (None: never)."""
+        return self._abstain
+
+    @property
+    def au_source(self) -> str:
+        """The AU map ``predict*`` feed the faces: ``"landmarks"`` (each face's own, the
+        template where none are found), ``"template"`` or ``"none"``."""
+        return self._au_source
+
+    @property
+    def landmarks(self) -> LandmarkFinder | None:
+        """The landmark finder (None unless :attr:`au_source` is ``"landmarks"``)."""
+        return self._landmarks
+
     # -- inference ----------------------------------------------------------------------------
 
     def _check(self, name: str, x: Any, channels: int, n: int | None) -> np.ndarray:
@@ -1206,6 +1255,8 @@ class TritonFERClient:
             contract=self._contract,
             run=self.run,
             detector=self._detector if detector is None else detector,
+            abstain=self._abstain,
+            landmarks=self._landmarks,
         )
 
     def predict_batch(
@@ -1229,6 +1280,8 @@ class TritonFERClient:
             contract=self._contract,
             run=self.run,
             detector=self._detector if detector is None else detector,
+            abstain=self._abstain,
+            landmarks=self._landmarks,
         )
 
     def predict(
