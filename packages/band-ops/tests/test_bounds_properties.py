@@ -62,6 +62,11 @@ def test_interior_bounds_sit_on_the_constraint(name, lp, delta):
         g_edge = float(torch.nan_to_num(g_edge, nan=math.inf))
         if g_edge <= delta * (1 - 1e-9):
             assert float(r) == pytest.approx(edge, abs=0, rel=1e-15)  # saturated exactly
+        elif edge > 0 and float(r) >= edge * (1 - 4e-16):
+            # The root is closer to 1/p than float64 resolves (KL at large delta: q = 1 - 1e-30),
+            # so the bound rounds onto it: then the constraint holds 1e-9 inside the edge.
+            inside = torch.tensor([edge * (1 - 1e-9)], dtype=torch.float64)
+            assert float(band_ops.binary_divergence(name, pt, inside)) <= delta
         elif g_edge > delta * (1 + 1e-9) and 1e-250 < float(r) and abs(float(r) - 1) > 1e-6:
             g = float(band_ops.binary_divergence(name, pt, r))
             assert g == pytest.approx(delta, rel=1e-6)

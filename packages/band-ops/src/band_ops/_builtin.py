@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from band_ops import closed_forms
 from band_ops import divergences as d
+from band_ops.js import js_bounds
 from band_ops.kl import kl_bounds
+from band_ops.reverse_kl import reverse_kl_bounds
 
 # name, generator, dedicated solver, derivative for the generic solver, description
 _BUILTINS = (
-    ("kl", d.kl_generator, kl_bounds, None, "KL(old || new), the paper's main variant; Halley"),
+    (
+        "kl",
+        d.kl_generator,
+        kl_bounds,
+        None,
+        "KL(old || new), the paper's main variant; tabulated start, one Halley step",
+    ),
     (
         "reverse_kl",
         d.reverse_kl_generator,
-        None,
+        reverse_kl_bounds,
         d.reverse_kl_derivative,
-        "KL(new || old); generic Newton solver",
+        "KL(new || old); tabulated start, one Halley step",
     ),
     ("tv", d.tv_generator, closed_forms.tv_bounds, None, "total variation |q - p|; closed form"),
     ("chi2", d.chi2_generator, closed_forms.chi2_bounds, None, "Pearson chi2; closed form"),
@@ -32,7 +40,13 @@ _BUILTINS = (
         None,
         "squared Hellinger; closed form",
     ),
-    ("js", d.js_generator, None, d.js_derivative, "Jensen-Shannon; generic Newton solver"),
+    (
+        "js",
+        d.js_generator,
+        js_bounds,
+        d.js_derivative,
+        "Jensen-Shannon; tabulated start, one Halley step",
+    ),
 )
 
 for _name, _generator, _solver, _derivative, _description in _BUILTINS:

@@ -1,99 +1,102 @@
-"""Band end points for KL(old || new), the paper's main variant, by Halley's method.
+"""Band end points for KL(old || new), the paper's main variant, by one Halley step from a table.
 
-KL has no closed form. Each side is solved in a variable in which the constraint is convex,
-increasing and asymptotically linear, so that Halley's iteration from a closed-form start reaches
-float64 precision in three steps (two for float32); the paper's bisection needs 50 per side.
+One-sided form (see ``onesided``) in t = -log w, where the constraint
+    D(t) = a t - b log1p(kappa m),   m = 1 - w = -expm1(-t),
+is convex, increasing and asymptotically linear (D -> a t + b log b), with
+    D' = a m / (b + a m),   D'' = a b (1 - m) / (b + a m)^2.
+Written with m = -expm1(-t), D keeps its relative precision for small t (a narrow band), where
+the two terms nearly cancel. KL never saturates.
 
-Upper side (q > p): v = log((1-p)/(1-q)) >= 0 and
-    phi(v) = (1-p) v - p log(q/p),       q/p = 1 + x,  x = -(1-p) expm1(-v) / p.
-Lower side (q < p): u = log(p/q) >= 0 and
-    psi(u) = p u - (1-p) log((1-q)/(1-p)), (1-q)/(1-p) = 1 + y, y = -p expm1(-u) / (1-p).
-Both have the form h(t) = b t - a log1p(z), z = -b expm1(-t) / a with (a, b) = (p, 1-p) for the
-upper side and (1-p, p) for the lower, h' = z / (1 + z) and h'' = b (1 + expm1(-t)) / (a (1+z)^2).
-The root lies between the quadratic-model root sqrt(2 delta a / b) and the linear bound
-delta / b; their hypotenuse starts the iteration within about 5% of it everywhere.
+The start table holds log t at the root against y = logit(a) on [-40, 40]. Beyond it the root
+is known: below -40 (a < 4e-18) t = (delta - b log b) / a to double precision, so log t falls
+with slope -1 in y; above 40 (b < 4e-18) it no longer changes. From the table one Halley step
+(float64) or Newton step (float32) reaches rounding level where the paper's bisection needs
+about 50 steps per side.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
-# Tokens per chunk on CPU: the ~50 elementwise passes of one chunk then run on buffers that stay
-# in cache and are reused, instead of streaming 8 full-size temporaries through memory.
-CPU_CHUNK = 1 << 17
+from band_ops import onesided
+
+Y_EDGE = 40.0
+
+
+@functools.lru_cache(maxsize=32)
+def table(delta: float) -> onesided.StartTable:
+    """Returns the start table for ``delta``: log t at the root against y = logit(a)."""
+    h = onesided.CELL
+    cells = round(2 * Y_EDGE / h)
+    y = -Y_EDGE + h * (torch.arange(cells + 3, dtype=torch.float64) - 1)
+    a, b, kappa = torch.sigmoid(y), torch.sigmoid(-y), torch.exp(y)
+    t = onesided.robust_kl(a, b, kappa, delta)
+    return onesided.cubic_table(torch.log(t), -Y_EDGE, h)
+
+
+def coordinate(y: Tensor, kappa: Tensor, delta: float, out: Tensor) -> Tensor:
+    """Writes y (the table clamps it) into ``out``."""
+    return out.copy_(y)
+
+
+def step(
+    g: Tensor,
+    a: Tensor,
+    b: Tensor,
+    kappa: Tensor,
+    delta: float,
+    work: Tensor,
+    result: Tensor,
+    y: Tensor,
+) -> Tensor:
+    """The final step from log t = g; see ``onesided.SideSolver``."""
+    finfo = torch.finfo(a.dtype)
+    halley = a.dtype == torch.float64
+    # Beyond t_cap, exp(-t) < eps / 50: m rounds to 1 and D is linear in t. The cap keeps
+    # expm1 off its slow path for large arguments.
+    t_cap = -math.log(finfo.eps) + 4.0
+    # Lower bounds below twice the smallest normal number come out as that number: exp is slow
+    # near subnormal results.
+    u_cap = -math.log(2 * finfo.tiny)
+    t, m, am, den, newton, factor = work[0], work[1], work[2], work[3], work[4], work[5]
+    # Below the table log t grows like -y: add -(y + Y_EDGE) where positive. t itself is taken
+    # in the compute dtype: where 1 - p is below float32's range t exceeds float32's.
+    t.copy_(g).sub_(torch.add(y, Y_EDGE, out=m).clamp_(max=0.0)).exp_()
+    torch.clamp(t, max=t_cap, out=m).neg_().expm1_().neg_()
+    torch.mul(a, m, out=am)
+    torch.add(b, am, out=den)  # b + a m = 1 - a exp(-t), no cancellation
+    torch.mul(kappa, m, out=newton).log1p_().mul_(b).neg_().addcmul_(a, t).sub_(delta)
+    newton.mul_(den).div_(am)  # (D - delta) / D'
+    if halley:
+        # Halley: divide by 1 - newton D'' / (2 D') = 1 - newton b (1 - m) / (2 m (b + a m)).
+        torch.neg(m, out=factor).add_(1.0).mul_(b).div_(m).div_(den).mul_(newton)
+        newton.div_(factor.mul_(-0.5).add_(1.0).clamp_(min=0.5))  # t_new = t - newton
+    # Upper side: 1 - w at t_new = m + (1 - m)(1 - exp(newton)), with the series of
+    # 1 - exp(x) to third order: a trusted step (|newton| <= tolerance t) leaves the rest below
+    # rounding; the clamp keeps a flagged one finite.
+    x = torch.clamp(newton[0], -1.0, 1.0, out=factor[1])
+    series = torch.mul(x, 1.0 / 6.0, out=factor[0]).add_(0.5).mul_(x).add_(1.0).mul_(x)
+    torch.neg(m[0], out=den[0]).add_(1.0).mul_(series)
+    torch.sub(m[0], den[0], out=result[0])
+    # Lower side: w = exp(-t_new), relative precision kept for tiny w.
+    torch.sub(t[1], newton[1], out=result[1]).clamp_(max=u_cap).neg_().exp_()
+    return torch.abs(newton, out=am).div_(t)
+
+
+SOLVER = onesided.SideSolver(
+    name="kl",
+    saturation=lambda delta: None,
+    table=table,
+    coordinate=coordinate,
+    step=step,
+    robust=onesided.kl_sides,
+)
 
 
 def kl_bounds(logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """Returns (lower, upper) for KL(old || new) <= delta; logp: (N,) float32 or float64."""
-    n = logp.shape[0]
-    chunk = CPU_CHUNK if logp.device.type == "cpu" else max(n, 1)
-    lower, upper = torch.empty_like(logp), torch.empty_like(logp)
-    work = logp.new_empty(9, 2 * min(chunk, n))  # per-chunk buffers, reused
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        _kl_chunk(logp[start:stop], delta, work, lower[start:stop], upper[start:stop])
-    return lower, upper
-
-
-def _kl_chunk(logp: Tensor, delta: float, work: Tensor, lower: Tensor, upper: Tensor) -> None:
-    """Writes the band of one chunk of ``logp`` (M,) into ``lower`` and ``upper`` (M,)."""
-    finfo = torch.finfo(logp.dtype)
-    m = logp.shape[0]
-    a, nk, s, em1, z, w, log_w, scratch, pp = (row[: 2 * m].view(2, m) for row in work)
-    # (2, M) rows: 0 is the upper side (a = p, k = (1-p)/p), 1 the lower (a = 1-p, k = p/(1-p)).
-    p, p1 = a[0], a[1]
-    torch.exp(logp, out=p)
-    # 1 - p from log p keeps its precision near p = 1 (where p itself may round to 1).
-    torch.expm1(logp, out=p1).neg_().clamp_(min=finfo.tiny)
-    # Halley steps, then a final Newton step: from the start's ~5% error the errors go about
-    # 5e-2 -> 7e-4 -> 1e-6 (float32) and 5e-2 -> 7e-4 -> 1e-10 -> 1e-16 (float64).
-    halley = (True, True, False) if logp.dtype == torch.float64 else (True, False)
-    # Beyond t_cap, exp(-t) is below eps: 1 - exp(-t) rounds to 1 and the Halley correction
-    # vanishes, so the cap changes nothing, and it keeps expm1 off its slow path for large
-    # arguments (CPU) and away from subnormal results.
-    t_cap = -math.log(finfo.eps) + 4.0
-    # The iteration runs on s = -t and nk = -k, which saves a negation in every pass.
-    torch.div(p1, p, out=nk[0]).neg_()
-    torch.div(p, p1, out=nk[1]).neg_()
-    # Start: hypot of the quadratic-model root sqrt(2 delta a / b) and delta / b (b = a k),
-    # written as (delta / b) sqrt(1 + 2 p (1-p) / delta) so that tiny b cannot overflow a square.
-    root = torch.mul(p, p1, out=pp[0]).mul_(2 / delta).add_(1).sqrt_().mul_(-delta)
-    torch.div(root, p1, out=s[0])
-    torch.div(root, p, out=s[1])
-    for use_halley in halley:
-        torch.clamp(s, min=-t_cap, out=em1).expm1_()  # expm1(-t), in (-1, 0]
-        torch.mul(nk, em1, out=z).clamp_(min=finfo.tiny)  # z = -k expm1(-t) > 0
-        torch.add(z, 1, out=w)  # w = 1 + z
-        # log1p(z) = log(w) - ((w - 1) - z) / w: log is several times faster than log1p.
-        torch.log(w, out=log_w)
-        minus_h = (
-            _log1p(z, w, log_w, scratch).addcmul_(nk, s, value=-1).mul_(a).add_(delta)
-        )  # -(h - delta) = a (log1p(z) - k t) + delta
-        # Newton step -(h - delta) / h' with h' = z / w; t <- t + step.
-        step = minus_h.mul_(w).div_(z)
-        if use_halley:
-            # Halley divides the step by 1 - step h'' / (2 h') = 1 + (-(h-delta)) k e^-t / (2 z^2),
-            # using h'' = k e^-t / w^2; the clamp keeps a step from reversing or exploding.
-            factor = em1.add_(1).mul_(nk).mul_(step).div_(w).div_(z).mul_(-0.5).add_(1)
-            step.div_(factor.clamp_(min=0.5))
-        s.sub_(step).clamp_(max=0)
-    # 1 + x, x = -(1-p) expm1(-v) / p, capped at 1/p = exp(-log p).
-    x = torch.clamp(s[0], min=-t_cap, out=em1[0]).expm1_().mul_(p1).div_(p).neg_()
-    torch.minimum(x.add_(1), torch.neg(logp, out=em1[1]).exp_(), out=upper)
-    # exp(-u), not 1 + expm1(-u), which would round values below eps to 0. Results below twice
-    # the smallest normal number come out as that number: exp is slow near subnormal results.
-    u_cap = -math.log(2 * finfo.tiny)
-    torch.clamp(s[1], min=-u_cap, out=lower).exp_()
-
-
-def _log1p(z: Tensor, w: Tensor, log_w: Tensor, scratch: Tensor) -> Tensor:
-    """Returns log1p(z) in ``log_w`` (which holds log(w), w = fl(1 + z)), to a few ulps.
-
-    log(w) is exact for the rounded w; subtracting ((w - 1) - z) / w removes the rounding of
-    1 + z, which is all that log1p adds over log.
-    """
-    correction = torch.sub(w, 1, out=scratch).sub_(z).div_(w)
-    return log_w.sub_(correction)
+    return onesided.solve(SOLVER, logp, delta)
