@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import yaml
 from conftest import TINY
 
 import fer_train
@@ -31,6 +32,7 @@ FILES = (
     "metrics.json",
     "metrics.jsonl",
     "report.md",
+    "model_card.md",
     "best.safetensors",
     "test_confusion.csv",
     "test_confusion.png",
@@ -384,3 +386,13 @@ def test_two_data_parallel_cpu_processes(tmp_path: Path) -> None:
     # each rank trained on its own shard (63 images, under the 2 x 32 cap), counts summed:
     # one process alone would have seen 64 of the 126
     assert json.loads((out / "metrics.jsonl").read_text())["train_images"] == 126
+
+
+def test_run_writes_the_card(tiny_run: Path) -> None:
+    card = (tiny_run / "model_card.md").read_text()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert card.startswith("---\n")
+    head = yaml.safe_load(card[4:].partition("\n---\n")[0])
+    values = {m["name"]: m["value"] for m in head["model-index"][0]["results"][0]["metrics"]}
+    assert values["Test accuracy"] == round(metrics["test_accuracy"], 4)
+    assert metrics["model"] in card

@@ -42,6 +42,7 @@ from capsnet_model.training import TrainConfig, TrainResult, train
 from fer_train import __version__
 from fer_train.config import CALIB_SOURCES, AppConfig, ConfigError
 from fer_train.data import Skipped, Splits, load_splits
+from fer_train.model_card import MODEL_CARD_FILE, render_model_card
 from fer_train.plots import plot_learning_curves, plot_reliability
 from fer_train.report import (
     SKIPPED_FILE,
@@ -138,12 +139,15 @@ def environment(cfg: AppConfig) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    try:  # one module, several distributions (onnxruntime, onnxruntime-gpu, JetPack's)
-        import onnxruntime
-
-        versions["onnxruntime"] = str(onnxruntime.__version__)
-    except ImportError:
-        versions["onnxruntime"] = "not installed"
+    # One module, several distributions (onnxruntime, onnxruntime-gpu, JetPack's): the first
+    # installed one names the build.
+    versions["onnxruntime"] = "not installed"
+    for name in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            versions["onnxruntime"] = f"{metadata.version(name)} ({name})"
+            break
+        except metadata.PackageNotFoundError:
+            continue
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     return {
         "torch_threads": torch.get_num_threads(),
@@ -692,6 +696,7 @@ def _finish(
     timings["report"] = time.perf_counter() - t
     metrics["wall_s"] = time.perf_counter() - started
     atomic_write_text(out / "report.md", render_report(metrics))
+    atomic_write_text(out / MODEL_CARD_FILE, render_model_card(metrics))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     log(
         f"report: {out / 'report.md'}\n  test accuracy {fmt(metrics['test_accuracy'])}, mean "
