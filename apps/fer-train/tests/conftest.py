@@ -11,9 +11,9 @@ TINY = [
     "train.epochs=1",
     "train.max_batches_per_epoch=2",
     "train.model=e2capsnet",
-    # after_pool: with the before-pool default, this 2-batch model scores ~5e-7 on random inputs,
-    # where the export check's 1% relative criterion trips on float32 rounding (issue 18 notes).
-    "train.model_kwargs={width: 0.0625, primary_channels: 4, attention_placement: after_pool}",
+    # The default (before-pool) placement: this 2-batch model scores ~5e-7 on random inputs, which
+    # the export check's noise floor (differences against max(|score|, 1e-5)) must let through.
+    "train.model_kwargs={width: 0.0625, primary_channels: 4}",
     "train.image_size=64",
     "train.progress=false",
     "export.calib_count=32",
