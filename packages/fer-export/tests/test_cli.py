@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,18 @@ from capsnet_model.data import Preprocess  # noqa: E402
 from fer_export.cli import main  # noqa: E402
 
 TINY: dict[str, Any] = {"width": 1 / 16, "image_size": 64, "primary_channels": 4}
+
+
+#: A progress line on stderr (``fer-export TASK: PHASE ...``), which may precede the error;
+#: the error itself is one line, the last: ``fer-export: error: ...``.
+_PROGRESS = re.compile(r"fer-export [a-z0-9]+: \S.*")
+
+
+def _assert_one_error_line(err: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines, err
+    assert lines[-1].startswith("fer-export: error: ") and message in lines[-1], err
+    assert all(_PROGRESS.fullmatch(line) for line in lines[:-1]), err
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
@@ -123,9 +136,7 @@ def test_error_exit_codes(
     cases.append((["info", str(bare)], "no FER metadata"))
     for argv, message in cases:
         assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert message in err, (argv, err)
-        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        _assert_one_error_line(capsys.readouterr().err, message)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -195,9 +206,7 @@ def test_verify_bad_onnx_is_one_line_exit_2(
         for extra in ([], ["--json"]):
             assert main(["verify", str(onnx_path), str(ckpt), *extra]) == 2, onnx_path
             captured = capsys.readouterr()
-            lines = captured.err.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("fer-export: error: "), captured.err
-            assert message in lines[0], lines
+            _assert_one_error_line(captured.err, message)
             assert captured.out == ""
 
 

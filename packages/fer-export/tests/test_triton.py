@@ -402,6 +402,27 @@ def test_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
         triton.TritonFERClient("localhost:8001", "fer", "ws")
 
 
+def test_help_and_usage_list_triton(capsys: pytest.CaptureFixture[str]) -> None:
+    """``fer-export --help`` and the usage in cli.py's docstring name every subcommand,
+    ``triton`` included."""
+    import fer_export.cli as cli
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "triton" in shown and "Triton" in shown
+    commands = re.search(r"\{([a-z,]+)\}", shown)
+    assert commands is not None, shown
+    names = commands.group(1).split(",")
+    assert "triton" in names
+    usage = cli.__doc__ or ""
+    for name in names:
+        assert f"fer-export {name} " in usage, name
+    for flag in ("--out DIR", "--backend onnxruntime|python", "--force"):
+        assert flag in usage, flag
+
+
 def test_pixel_limit_is_fersession_default() -> None:
     from fer_images import DEFAULT_MAX_PIXELS
 

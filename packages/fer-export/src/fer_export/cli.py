@@ -1,14 +1,27 @@
-"""``fer-export``: export a capsnet-model checkpoint to ONNX, verify it, show its contract.
+"""``fer-export``: export a capsnet-model checkpoint to ONNX, verify it, show its contract,
+benchmark it, write a Triton model repository for it.
 
     fer-export export CHECKPOINT -o model.onnx [--attention auto|baked|input] [--opset 18]
                       [--fp16] [--int8 --calib DIR|synthetic] [--check DIR] [--calib-count N]
-                      [--no-verify]
-    fer-export verify model.onnx CHECKPOINT [--atol 1e-4] [--json]
+                      [--no-verify] [--no-progress]
+    fer-export verify model.onnx CHECKPOINT [--atol 1e-4] [--json] [--no-progress]
     fer-export info model.onnx [--json]
     fer-export bench model.onnx [more.onnx ...] [--providers auto|tensorrt|cuda|cpu ...]
                      [--batches 1 8 32] [--warmup 3] [--runs 20] [--max-seconds 10]
                      [--threads N] [--trt-fp16] [--trt-batch MIN OPT MAX] [--trt-cache DIR]
                      [--no-floor] [--json FILE]
+    fer-export triton model.onnx --out DIR [--name NAME] [--max-batch 32]
+                      [--preferred-batch N ...] [--queue-delay-us 500] [--kind gpu|cpu]
+                      [--instances 1] [--gpus N ...] [--tensorrt] [--fp16]
+                      [--trt-workspace-mb 1024] [--trt-cache DIR]
+                      [--backend onnxruntime|python] [--no-warmup] [--force]
+
+``export`` and ``verify`` show their progress on stderr (``--no-progress``: none): each
+phase -- loading, tracing, exporting, checking, verifying, making or reading the calibration
+and check images, fp16 conversion, int8 preparing/calibrating/quantising, the agreement check
+-- with its duration, and counts of calibration and check batches; one line redrawn on a
+terminal, plain lines otherwise. Stdout carries only the results (``verify --json``: only the
+JSON).
 
 ``info`` shows the contract and what the model can be trusted with: the data set and its
 provenance line, the calibration (temperature, ECE before/after), the abstention threshold and
@@ -27,12 +40,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fer_export import triton
 from fer_export.contract import ContractError, ModelLoadError, read_model
+from fer_export.progress import ProgressPrinter, Reporter
 
 __all__ = ["main"]
 
@@ -43,7 +57,11 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fer-export", description="Export FER models to ONNX and inspect the result."
+        prog="fer-export",
+        description=(
+            "Export FER models to ONNX, verify, inspect and benchmark them, and write Triton "
+            "model repositories."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -72,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--calib-count", type=int, default=256, help="calibration faces (and check faces, most)"
     )
     exp.add_argument("--no-verify", action="store_true", help="skip the PyTorch/ORT check")
+    exp.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     ver = sub.add_parser("verify", help="compare an ONNX file with its checkpoint")
     ver.add_argument("onnx", type=Path)
@@ -79,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--atol", type=float, default=1e-4)
     ver.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     ver.add_argument("--json", action="store_true")
+    ver.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
     inf = sub.add_parser("info", help="print the FER contract stored in an ONNX file")
     inf.add_argument("onnx", type=Path)
@@ -143,7 +163,36 @@ def _size(path: Path) -> str:
     return f"{path.stat().st_size / 1e6:.2f} MB"
 
 
+def _printer(args: argparse.Namespace) -> ProgressPrinter | None:
+    """The progress printer on stderr, or None with ``--no-progress``; a failed phase's line
+    says only that it failed: the error follows in its own line."""
+    return None if args.no_progress else ProgressPrinter(sys.stderr, details=False)
+
+
+def _gather(
+    batches: Iterable[Any], printer: ProgressPrinter | None, phase: str, total: int
+) -> list[Any]:
+    """``batches`` as a list, made under a counted progress ``phase`` of the task
+    ``images``."""
+    reporter = Reporter(printer, "images")
+    out: list[Any] = []
+    with reporter.phase(phase, total=total, unit="batches"):
+        for batch in batches:
+            out.append(batch)
+            reporter.advance()
+    return out
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    printer = _printer(args)
+    try:
+        return _export(args, printer)
+    finally:
+        if printer is not None:
+            printer.close()
+
+
+def _export(args: argparse.Namespace, printer: ProgressPrinter | None) -> int:
     _require_file(args.checkpoint, "checkpoint")
     if args.output.is_dir():
         raise UsageError(f"-o {args.output} is a folder; give the .onnx file to write")
@@ -157,12 +206,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _quiet_exporter()
     import time
 
-    from fer_export.export import VerificationError, export_onnx, load_checkpoint, read_contract
+    loading = Reporter(printer, "export")
+    with loading.phase("loading"):  # importing torch takes seconds too
+        from fer_export.export import (
+            VerificationError,
+            export_onnx,
+            load_checkpoint,
+            read_contract,
+        )
 
-    try:
-        model, info = load_checkpoint(args.checkpoint)
-    except ValueError as exc:
-        raise UsageError(str(exc).splitlines()[0]) from exc
+        try:
+            model, info = load_checkpoint(args.checkpoint)
+        except ValueError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from exc
     attention = args.attention
     if attention == "auto":
         trained = str(getattr(info, "attention", "template"))
@@ -179,26 +235,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         out = export_onnx(
             model, args.output, info=info, attention=attention, opset=args.opset,
-            verify=not args.no_verify,
+            verify=not args.no_verify, progress=printer,
         )  # fmt: skip
     except VerificationError as exc:
         print(f"fer-export: verification failed, nothing written: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    print(f"wrote {out} ({_size(out)}, {time.perf_counter() - start:.1f} s)")
+    print(f"wrote {out} ({_size(out)}, {time.perf_counter() - start:.1f} s)", flush=True)
     if not (args.fp16 or args.int8):
         return 0
     from fer_export.quantize import agreement, to_fp16, to_int8
 
     contract = read_contract(out)
-    calib, check = _variant_images(args, contract)
+    calib, check = _variant_images(args, contract, printer)
     if args.fp16:
-        half = to_fp16(out, _variant(out, "fp16"))
-        _report(half, agreement(out, half, check))
+        half = to_fp16(out, _variant(out, "fp16"), progress=printer)
+        task = None if printer is None else printer.for_task("fp16", "checking agreement")
+        _report(half, agreement(out, half, check, progress=task))
     if args.int8:
-        q = to_int8(out, _variant(out, "int8"), calib)
-        _report(q, agreement(out, q, check))
+        q = to_int8(out, _variant(out, "int8"), calib, progress=printer)
+        task = None if printer is None else printer.for_task("int8", "checking agreement")
+        _report(q, agreement(out, q, check, progress=task))
     return 0
 
 
@@ -206,9 +264,11 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names) if names else "-"
 
 
-def _variant_images(args: argparse.Namespace, contract: Any) -> tuple[list[Any], list[Any]]:
+def _variant_images(
+    args: argparse.Namespace, contract: Any, printer: ProgressPrinter | None
+) -> tuple[list[Any], list[Any]]:
     """The int8 calibration batches and the agreement-check batches, from disjoint images;
-    prints which images went where."""
+    prints which images went where (progress on ``printer``)."""
     from fer_export.quantize import (
         CALIBRATION_SEED,
         CHECK_SEED,
@@ -220,22 +280,29 @@ def _variant_images(args: argparse.Namespace, contract: Any) -> tuple[list[Any],
     )
 
     count, size = args.calib_count, contract.input_size
+    batches = -(-count // 32)
+    reading = Reporter(printer, "images")
     calib: list[Any] = []
     if args.calib == "synthetic":
         if args.int8:
-            calib = list(synthetic_batches(contract, count, 32, seed=CALIBRATION_SEED))
+            calib = _gather(
+                synthetic_batches(contract, count, 32, seed=CALIBRATION_SEED),
+                printer, "making calibration faces", batches,
+            )  # fmt: skip
             print(
                 f"int8 calibration: {count} synthetic faces (seed {CALIBRATION_SEED}; "
                 f"fer-train's synthetic sets are seeds {FER_TRAIN_SEEDS[0]} (train) and "
-                f"{FER_TRAIN_SEEDS[1]} (test))"
+                f"{FER_TRAIN_SEEDS[1]} (test))",
+                flush=True,
             )
         digests: list[str] = []
     else:
         try:
-            if args.check is None:
-                calib_set, check_set = split_image_dir(args.calib, size, count, count)
-            else:
-                calib_set = read_faces(args.calib, size, count)
+            with reading.phase("reading calibration images"):
+                if args.check is None:
+                    calib_set, check_set = split_image_dir(args.calib, size, count, count)
+                else:
+                    calib_set = read_faces(args.calib, size, count)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         digests = calib_set.digests
@@ -244,23 +311,33 @@ def _variant_images(args: argparse.Namespace, contract: Any) -> tuple[list[Any],
             how = "its calibration part, by image content" if args.check is None else "all"
             print(
                 f"int8 calibration: {len(calib_set)} images from {args.calib} ({how}): "
-                f"{_names(calib_set.names)}"
+                f"{_names(calib_set.names)}",
+                flush=True,
             )
     if args.check is not None:
         try:
-            check_set = read_faces(args.check, size, count, exclude=digests, what="check")
+            with reading.phase("reading check images"):
+                check_set = read_faces(args.check, size, count, exclude=digests, what="check")
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         where = f"{args.check} (images also in {args.calib} left out)"
     elif args.calib == "synthetic":
+        check = _gather(
+            synthetic_batches(contract, count, 32, seed=CHECK_SEED),
+            printer, "making check faces", batches,
+        )  # fmt: skip
         print(
             f"agreement check: {count} other synthetic faces (seed {CHECK_SEED}), none of them "
-            "used for calibration"
+            "used for calibration",
+            flush=True,
         )
-        return calib, list(synthetic_batches(contract, count, 32, seed=CHECK_SEED))
+        return calib, check
     else:
         where = f"{args.calib} (its check part, none of them used for calibration)"
-    print(f"agreement check: {len(check_set)} images from {where}: {_names(check_set.names)}")
+    print(
+        f"agreement check: {len(check_set)} images from {where}: {_names(check_set.names)}",
+        flush=True,
+    )
     return calib, list(face_batches(check_set.faces, contract))
 
 
@@ -268,24 +345,37 @@ def _report(path: Path, stats: dict[str, float]) -> None:
     print(
         f"wrote {path} ({_size(path)}, {stats['size_ratio']:.2f} x fp32): top-1 agreement "
         f"{stats['top1_agreement']:.2%} on {int(stats['count'])} faces, max |diff| "
-        f"{stats['max_abs_diff']:.3g}"
+        f"{stats['max_abs_diff']:.3g}",
+        flush=True,
     )
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    printer = _printer(args)
+    try:
+        return _verify(args, printer)
+    finally:
+        if printer is not None:
+            printer.close()
+
+
+def _verify(args: argparse.Namespace, printer: ProgressPrinter | None) -> int:
     # A file without (valid) FER metadata fails here, before torch is imported; a model the
     # checkpoint cannot be compared with fails in verify_onnx with a ContractError.
     read_model(args.onnx)
     _require_file(args.checkpoint, "checkpoint")
     _quiet_exporter()
-    from fer_export.export import VerificationError, load_checkpoint, verify_onnx
+    with Reporter(printer, "verify").phase("loading"):
+        from fer_export.export import VerificationError, load_checkpoint, verify_onnx
 
+        try:
+            model, _ = load_checkpoint(args.checkpoint)
+        except ValueError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from exc
     try:
-        model, _ = load_checkpoint(args.checkpoint)
-    except ValueError as exc:
-        raise UsageError(str(exc).splitlines()[0]) from exc
-    try:
-        report = verify_onnx(args.onnx, model, batch_sizes=args.batch_sizes, atol=args.atol)
+        report = verify_onnx(
+            args.onnx, model, batch_sizes=args.batch_sizes, atol=args.atol, progress=printer
+        )
     except VerificationError as exc:
         if exc.report is None:
             print(f"fer-export: {exc}", file=sys.stderr)

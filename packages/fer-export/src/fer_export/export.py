@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from fer_export.contract import (
     ModelLoadError,
     read_model,
 )
+from fer_export.progress import ProgressCallback, ProgressEvent, Reporter
 
 __all__ = [
     "SCORE_FLOOR",
@@ -386,6 +387,7 @@ def export_onnx(
     verify: bool = True,
     batch_sizes: Sequence[int] = (1, 4),
     atol: float = 1e-4,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Export ``model`` (a module or a checkpoint path) to one ONNX file at ``path``.
 
@@ -405,6 +407,11 @@ def export_onnx(
         labels, mean, std, face_margin: override the contract's values.
         verify: run :func:`verify_onnx` (batch sizes ``batch_sizes``, tolerance ``atol``)
             before the file is moved into place.
+        progress: called with a :class:`~fer_export.progress.ProgressEvent` (task
+            ``"export"``) as each phase starts and ends: ``tracing`` (``torch.export``),
+            ``exporting`` (the ONNX graph, optimised, with its metadata), then with ``verify``
+            ``checking`` (the ONNX checker) and ``verifying`` (PyTorch vs ONNX Runtime).
+            None (default): silent.
 
     Returns the written path. Raises :class:`VerificationError` (nothing written) when the
     graph fails the checker or does not match PyTorch, ``ValueError`` for bad arguments.
@@ -421,6 +428,7 @@ def export_onnx(
         raise FileNotFoundError(f"output folder does not exist: {path.parent}")
     mode = resolve_attention(model, attention)
     au_source = au_source_of(model, mode, info)
+    reporter = Reporter(progress, "export")
     was_training = model.training
     model.eval()
     try:
@@ -441,37 +449,59 @@ def export_onnx(
         contract = build_contract(
             model, mode, info=info, labels=labels, mean=mean, std=std, face_margin=face_margin
         )
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        shapes = tuple({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)} for _ in names)
         with torch.no_grad():
             # Quiet: no progress lines, no "torchvision is not installed" warnings.
             logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            program = torch.onnx.export(
-                wrapper,
-                args,
-                dynamo=True,
-                verbose=False,
-                input_names=names,
-                output_names=[SCORES_OUTPUT],
-                dynamic_shapes=tuple({0: batch} for _ in names),
-                opset_version=opset,
-                external_data=False,
-                optimize=True,
-            )
-        if program is None:  # only the legacy exporter returns None
-            raise RuntimeError("torch.onnx.export returned no ONNXProgram")
-        proto = program.model_proto
-        _check_graph(proto, names, str(path))
-        strip_debug_info(proto)
-        set_metadata(proto, contract.to_metadata())
+            with reporter.phase("tracing"):
+                traced = _trace(wrapper, args, shapes)
+            with reporter.phase("exporting"):
+                program = torch.onnx.export(
+                    wrapper if traced is None else traced,
+                    args,
+                    dynamo=True,
+                    verbose=False,
+                    input_names=names,
+                    output_names=[SCORES_OUTPUT],
+                    dynamic_shapes=shapes,
+                    opset_version=opset,
+                    external_data=False,
+                    optimize=True,
+                )
+                if program is None:  # only the legacy exporter returns None
+                    raise RuntimeError("torch.onnx.export returned no ONNXProgram")
+                proto = program.model_proto
+                _check_graph(proto, names, str(path))
+                strip_debug_info(proto)
+                set_metadata(proto, contract.to_metadata())
+                data = proto.SerializeToString()
+                del program, proto
+
+        def as_export(event: ProgressEvent) -> None:
+            if progress is not None:
+                progress(replace(event, task="export"))
 
         def check(tmp: Path) -> None:
-            verify_onnx(tmp, model, batch_sizes=batch_sizes, atol=atol)
+            verify_onnx(tmp, model, batch_sizes=batch_sizes, atol=atol, progress=as_export)
 
         # Verified as the temporary file, so a model that fails never replaces ``path``.
-        atomic_write_bytes(path, proto.SerializeToString(), check=check if verify else None)
+        atomic_write_bytes(path, data, check=check if verify else None)
     finally:
         model.train(was_training)
     return path
+
+
+def _trace(
+    wrapper: nn.Module, args: tuple[torch.Tensor, ...], shapes: tuple[dict[int, Any], ...]
+) -> Any:
+    """``wrapper``'s ExportedProgram from ``torch.export.export`` (non-strict: the first way
+    ``torch.onnx.export`` tries, giving the same graph), or None when that fails -- the
+    exporter then tries its other ways itself, as it did before tracing was a phase of its
+    own."""
+    try:
+        return torch.export.export(wrapper, args, dynamic_shapes=shapes, strict=False)
+    except Exception:  # torch.export raises many types; the exporter reports its own error
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,6 +623,7 @@ def verify_onnx(
     rtol: float = 1e-2,
     seed: int = 0,
     score_floor: float = SCORE_FLOOR,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Check ``path`` against ``model`` (a module or a checkpoint path); raise on failure.
 
@@ -615,7 +646,29 @@ def verify_onnx(
     metadata, or a contract that does not fit ``model`` (another input size, an attention
     input the model lacks); ``ModelLoadError`` also when ONNX Runtime cannot load the file.
     ONNX Runtime failing on a batch is a failed check (``VerificationError``).
+
+    ``progress``: called with a :class:`~fer_export.progress.ProgressEvent` (task
+    ``"verify"``) as the phases ``checking`` (the ONNX checker) and ``verifying`` (PyTorch
+    vs ONNX Runtime) start and end; None (default): silent.
     """
+    return _verify(
+        path, model, Reporter(progress, "verify"), batch_sizes=batch_sizes, atol=atol,
+        rtol=rtol, seed=seed, score_floor=score_floor,
+    )  # fmt: skip
+
+
+def _verify(
+    path: str | Path,
+    model: nn.Module | str | Path,
+    reporter: Reporter,
+    *,
+    batch_sizes: Sequence[int] = (1, 4),
+    atol: float = 1e-4,
+    rtol: float = 1e-2,
+    seed: int = 0,
+    score_floor: float = SCORE_FLOOR,
+) -> VerifyReport:
+    """:func:`verify_onnx`, its phases reported to ``reporter``."""
     path = Path(path)
     start = time.perf_counter()
     if isinstance(model, (str, Path)):
@@ -624,13 +677,32 @@ def verify_onnx(
     contract = _check_comparable(path, model)
     zero_attention = contract.au_map_source == "none" and _uses_attention(model)
     report = VerifyReport(path=str(path), atol=atol)
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-        report.checker_ok = True
-    except Exception as exc:  # onnx raises ValidationError / InferenceError / others
-        report.problems.append(f"onnx checker: {str(exc).strip().splitlines()[0]}")
-        raise VerificationError(f"{path} fails the ONNX checker: {exc}", report) from exc
+    with reporter.phase("checking"):
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+            report.checker_ok = True
+        except Exception as exc:  # onnx raises ValidationError / InferenceError / others
+            report.problems.append(f"onnx checker: {str(exc).strip().splitlines()[0]}")
+            raise VerificationError(f"{path} fails the ONNX checker: {exc}", report) from exc
+    with reporter.phase("verifying"):
+        return _compare(
+            path, model, report, start, zero_attention, batch_sizes, atol, rtol, seed, score_floor
+        )
 
+
+def _compare(
+    path: Path,
+    model: nn.Module,
+    report: VerifyReport,
+    start: float,
+    zero_attention: bool,
+    batch_sizes: Sequence[int],
+    atol: float,
+    rtol: float,
+    seed: int,
+    score_floor: float,
+) -> VerifyReport:
+    """The PyTorch vs ONNX Runtime part of :func:`verify_onnx` (the checker passed)."""
     sess = _session(path)
     inputs = [i.name for i in sess.get_inputs()]
     mode = "input" if ATTENTION_INPUT in inputs else "baked"

@@ -37,6 +37,7 @@ from onnxruntime.quantization import (
 
 from fer_export._io import atomic_write_bytes
 from fer_export.contract import ATTENTION_INPUT, IMAGE_INPUT, SCORES_OUTPUT, ModelContract
+from fer_export.progress import ProgressCallback, Reporter
 
 __all__ = [
     "CALIBRATION_SEED",
@@ -131,30 +132,35 @@ def to_fp16(
     *,
     keep_fp32: Sequence[str] = FP32_OPS,
     keep_nodes: Sequence[str] = (),
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Convert the fp32 FER model ``src`` to float16 at ``dst``.
 
     Graph inputs and outputs stay float32 (casts are inserted at the boundary); ops in
     ``keep_fp32`` and nodes named in ``keep_nodes`` run in float32 (their constant weights
     are still stored float16 and cast up, halving the file). Uses onnxruntime's
-    ``convert_float_to_float16``. Returns ``dst``.
+    ``convert_float_to_float16``. ``progress``: called with a
+    :class:`~fer_export.progress.ProgressEvent` (task ``"fp16"``, phase ``converting``) as
+    the conversion starts and ends; None (default): silent. Returns ``dst``.
     """
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     src, dst = Path(src), Path(dst)
+    reporter = Reporter(progress, "fp16")
     proto = _load(src)
     contract = _contract(proto, str(src))
     if contract.precision != "fp32":
         raise ValueError(f"{src} is {contract.precision}, expected an fp32 model")
-    converted = convert_float_to_float16(
-        proto,
-        keep_io_types=True,
-        op_block_list=sorted({*DEFAULT_OP_BLOCK_LIST, *keep_fp32}),
-        node_block_list=list(keep_nodes),
-        force_fp16_initializers=True,
-    )
-    _unique_node_names(converted.graph)
-    return _write(converted, dst, contract.with_precision("fp16"))
+    with reporter.phase("converting"):
+        converted = convert_float_to_float16(
+            proto,
+            keep_io_types=True,
+            op_block_list=sorted({*DEFAULT_OP_BLOCK_LIST, *keep_fp32}),
+            node_block_list=list(keep_nodes),
+            force_fp16_initializers=True,
+        )
+        _unique_node_names(converted.graph)
+        return _write(converted, dst, contract.with_precision("fp16"))
 
 
 def _unique_node_names(graph: onnx.GraphProto) -> None:
@@ -211,6 +217,44 @@ class BatchReader(CalibrationDataReader):
         if self._contract.attention == "input":
             feeds[ATTENTION_INPUT] = self._contract.default_attention(image.shape[0])
         return feeds
+
+
+class _CountingReader(CalibrationDataReader):
+    """Hands ``reader``'s batches to the calibrator, telling ``reporter`` of each batch it
+    finished (it asks for the next one after running the last) and, when the batches run
+    out, that calibration ended and quantisation began."""
+
+    def __init__(self, reader: CalibrationDataReader, reporter: Reporter) -> None:
+        self._reader = reader
+        self._reporter = reporter
+        self._pending = False
+        self._finished = False
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pending:
+            self._reporter.advance()
+            self._pending = False
+        feeds = self._reader.get_next()
+        if feeds:
+            self._pending = True
+        elif not self._finished:
+            self._finished = True
+            self._reporter.start("quantising")
+        return feeds
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._reader.set_range(start_index, end_index)
+
+
+def _count(batches: Any) -> int | None:
+    """How many batches ``batches`` holds, when it knows (a list does; a generator not)."""
+    try:
+        return len(batches)
+    except (TypeError, NotImplementedError):
+        return None
 
 
 def _chunks(faces: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -442,6 +486,7 @@ def to_int8(
     weight_only: Sequence[str] = WEIGHT_ONLY_OPS,
     keep_float_convs: int = 2,
     preprocess: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Static int8 quantisation (QDQ) of the fp32 FER model ``src`` to ``dst``.
 
@@ -463,6 +508,10 @@ def to_int8(
             e2capsnet_small, 0 gave 98.7 % top-1 agreement with fp32 on synthetic faces, 1 gave
             99.1 %, 2 gave 99.3 %, at the same file size.
         preprocess: run ``quant_pre_process`` (shape inference, graph optimisation) first.
+        progress: called with a :class:`~fer_export.progress.ProgressEvent` (task ``"int8"``)
+            as the phases ``preparing`` (``quant_pre_process``), ``calibrating`` (counted in
+            batches: ``total`` is ``len(calibration)`` when it has one) and ``quantising``
+            start, advance and end; None (default): silent.
 
     Returns ``dst``. Activations are uint8, weights int8.
     """
@@ -475,39 +524,53 @@ def to_int8(
         raise ValueError(f"{src} is {contract.precision}, expected an fp32 model")
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {sorted(CALIBRATION_METHODS)}, got {method!r}")
-    reader = (
+    reporter = Reporter(progress, "int8")
+    total = _count(calibration)
+    reader = _CountingReader(
         calibration
         if isinstance(calibration, CalibrationDataReader)
-        else BatchReader(calibration, contract)
+        else BatchReader(calibration, contract),
+        reporter,
     )
     if keep_float_convs < 0:
         raise ValueError(f"keep_float_convs must be >= 0, got {keep_float_convs}")
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
     exclude_nodes = [*exclude_nodes, *convs[:keep_float_convs]]
-    with tempfile.TemporaryDirectory(prefix="fer-int8-", dir=dst.parent) as tmp:
-        model_in = src
-        if preprocess:
-            model_in = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(src), str(model_in), skip_symbolic_shape=True)
-        out = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(model_in),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types),
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude_nodes),
-            calibrate_method=CALIBRATION_METHODS[method],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-        quantised = onnx.load(str(out))
-    if weight_only or exclude_nodes:
-        # Nodes kept out of static quantisation still store int8 weights (float compute).
-        quantise_weights(quantised, weight_only, exclude_nodes)
-    return _write(quantised, dst, contract.with_precision("int8"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="fer-int8-", dir=dst.parent) as tmp:
+            model_in = src
+            if preprocess:
+                model_in = Path(tmp) / "pre.onnx"
+                with reporter.phase("preparing"):
+                    quant_pre_process(str(src), str(model_in), skip_symbolic_shape=True)
+            out = Path(tmp) / "int8.onnx"
+            # The reader ends "calibrating" and starts "quantising" when the batches run out.
+            reporter.start("calibrating", total=total, unit="batches")
+            quantize_static(
+                str(model_in),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types),
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude_nodes),
+                calibrate_method=CALIBRATION_METHODS[method],
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+            quantised = onnx.load(str(out))
+        if reporter.open_phase != "quantising":
+            reporter.start("quantising")  # the calibrator stopped reading before the end
+        if weight_only or exclude_nodes:
+            # Nodes kept out of static quantisation still store int8 weights (float compute).
+            quantise_weights(quantised, weight_only, exclude_nodes)
+        written = _write(quantised, dst, contract.with_precision("int8"))
+    except BaseException as exc:
+        reporter.fail(exc)
+        raise
+    reporter.end()
+    return written
 
 
 def quantise_weights(
@@ -573,7 +636,11 @@ def _session(path: Path) -> Any:
 
 
 def agreement(
-    reference_path: str | Path, candidate_path: str | Path, batches: Iterable[np.ndarray]
+    reference_path: str | Path,
+    candidate_path: str | Path,
+    batches: Iterable[np.ndarray],
+    *,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, float]:
     """Compare ``candidate_path`` with ``reference_path`` on preprocessed ``batches``.
 
@@ -581,19 +648,25 @@ def agreement(
     template map). Returns ``top1_agreement`` (fraction of rows with the same top-1 class),
     ``max_abs_diff`` (largest score difference), ``size_bytes`` (candidate file) and
     ``size_ratio`` (candidate / reference file size), plus ``count`` (rows compared).
+    ``progress``: called with a :class:`~fer_export.progress.ProgressEvent` (task
+    ``"agreement"``, phase ``comparing``, counted in batches; ``total`` is ``len(batches)``
+    when it has one) as each batch is compared; None (default): silent.
     """
     reference_path, candidate_path = Path(reference_path), Path(candidate_path)
     contract = _contract(_load(reference_path), str(reference_path))
+    reporter = Reporter(progress, "agreement")
     ref, cand = _session(reference_path), _session(candidate_path)
     same, total, diff = 0, 0, 0.0
-    for feeds in iter(BatchReader(batches, contract).get_next, None):
-        a = np.asarray(ref.run([SCORES_OUTPUT], feeds)[0], np.float64)
-        b = np.asarray(cand.run([SCORES_OUTPUT], feeds)[0], np.float64)
-        same += int((a.argmax(1) == b.argmax(1)).sum())
-        total += a.shape[0]
-        diff = max(diff, float(np.abs(a - b).max()))
-    if total == 0:
-        raise ValueError("agreement needs at least one batch")
+    with reporter.phase("comparing", total=_count(batches), unit="batches"):
+        for feeds in iter(BatchReader(batches, contract).get_next, None):
+            a = np.asarray(ref.run([SCORES_OUTPUT], feeds)[0], np.float64)
+            b = np.asarray(cand.run([SCORES_OUTPUT], feeds)[0], np.float64)
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            total += a.shape[0]
+            diff = max(diff, float(np.abs(a - b).max()))
+            reporter.advance()
+        if total == 0:
+            raise ValueError("agreement needs at least one batch")
     size = candidate_path.stat().st_size
     return {
         "top1_agreement": same / total,
