@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -853,11 +854,10 @@ def command(args: argparse.Namespace) -> int:
 def _import_client(protocol: str) -> Any:
     """``tritonclient.http`` or ``tritonclient.grpc``; TritonClientMissingError naming what to
     install when it cannot be imported."""
+    # A plug-in the user installs, imported by name: tritonclient[grpc] pins protobuf 6, which
+    # this workspace's lock cannot take, so it is never a declared dependency.
     try:
-        if protocol == "http":
-            import tritonclient.http as module
-        else:
-            import tritonclient.grpc as module
+        module = importlib.import_module(f"tritonclient.{protocol}")
     except ImportError as exc:
         error = TritonClientMissingError(
             f"TritonFERClient over {protocol} needs tritonclient ({exc}): "
@@ -1008,7 +1008,9 @@ class TritonFERClient:
         return f"model {self.model_name!r}{version} on {self.protocol} {self.url}"
 
     def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-        from tritonclient.utils import InferenceServerException
+        InferenceServerException = importlib.import_module(
+            "tritonclient.utils"
+        ).InferenceServerException
 
         try:
             return function(*args, **kwargs)
