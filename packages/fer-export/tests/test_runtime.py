@@ -492,7 +492,7 @@ def test_predict_decoded_takes_the_array_without_decoding_it(
     model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import fer_export.faces
-    import fer_export.session
+    import fer_export.predict
 
     session = FERSession(model_path)
     rgb = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
@@ -501,7 +501,7 @@ def test_predict_decoded_takes_the_array_without_decoding_it(
     def no_decode(*args: object, **kwargs: object) -> None:
         raise AssertionError("decode_image called for an already decoded array")
 
-    for module in (fer_export.faces, fer_export.session):
+    for module in (fer_export.faces, fer_export.predict):
         monkeypatch.setattr(module, "decode_image", no_decode)
     assert session.predict_decoded([rgb], "whole") == [expected]
     assert session.predict_decoded([rgb, rgb], ["whole", [(0, 0, 40, 30)]])[0] == expected

@@ -423,12 +423,6 @@ def test_help_and_usage_list_triton(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in usage, flag
 
 
-def test_pixel_limit_is_fersession_default() -> None:
-    from fer_images import DEFAULT_MAX_PIXELS
-
-    assert triton.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS
-
-
 def _fake_tritonclient(model: Path, calls: list[int]) -> dict[str, types.ModuleType]:
     """Stand-ins for ``tritonclient.http`` and ``tritonclient.utils`` whose server runs
     ``model`` with ONNX Runtime (the config as Triton's HTTP endpoint answers it, the fer.*

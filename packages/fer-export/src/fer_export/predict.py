@@ -25,10 +25,19 @@ import cv2
 import numpy as np
 
 from fer_export.contract import UNKNOWN_LABEL, ModelContract
-from fer_export.faces import Box, Detector, clip_box, crop_with_margin
+from fer_export.faces import (
+    DEFAULT_MAX_PIXELS,
+    Box,
+    Detector,
+    ImageInput,
+    clip_box,
+    crop_with_margin,
+    decode_image,
+)
 from fer_export.landmarks import INSTALL_HINT, LandmarksUnavailableError, find_landmarks
 
 __all__ = [
+    "FacePredictor",
     "FacesArg",
     "LandmarkFinder",
     "Prediction",
@@ -368,3 +377,143 @@ def predict_images(
     for (index, _, _), pred in zip(owners, preds, strict=True):
         results[index].append(pred)
     return results
+
+
+class FacePredictor:
+    """What :class:`~fer_export.session.FERSession` and
+    :class:`~fer_export.triton.TritonFERClient` share: the contract, detector, abstention
+    threshold and AU-map source they were built with, and the ``predict*`` methods on top of
+    their ``run`` (a preprocessed batch in, raw scores out). Subclasses set ``_contract``,
+    ``_detector``, ``_abstain``, ``_au_source``, ``_landmarks`` and ``_attention_map`` (None)
+    in their constructor and implement :meth:`run`."""
+
+    _contract: ModelContract
+    _detector: Detector
+    _abstain: float | None
+    _au_source: str
+    _landmarks: LandmarkFinder | None
+    _attention_map: np.ndarray | None
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def contract(self) -> ModelContract:
+        """The preprocessing contract from the model's metadata."""
+        return self._contract
+
+    @property
+    def input_size(self) -> int:
+        """``S``: the model takes ``(N, 3, S, S)`` images."""
+        return self._contract.input_size
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names, in score order."""
+        return self._contract.labels
+
+    @property
+    def abstain_threshold(self) -> float | None:
+        """The top probability below which ``predict*`` answer ``"unknown"`` (None: never)."""
+        return self._abstain
+
+    @property
+    def au_source(self) -> str:
+        """The AU map ``predict*`` feed the faces: ``"landmarks"`` (each face's own, the
+        template where none are found), ``"template"`` or ``"none"``."""
+        return self._au_source
+
+    @property
+    def landmarks(self) -> LandmarkFinder | None:
+        """The landmark finder (None unless :attr:`au_source` is ``"landmarks"``)."""
+        return self._landmarks
+
+    @property
+    def detector(self) -> Detector:
+        """The face detector used by ``faces="detect"`` (thread-safe unless one was given)."""
+        return self._detector
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def run(self, batch: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
+        """Raw scores ``(N, C)`` float32 for a preprocessed batch (subclasses)."""
+        raise NotImplementedError
+
+    def _default_attention(self, n: int) -> np.ndarray:
+        """The contract's template AU map for ``n`` faces (painted once, then broadcast)."""
+        if self._attention_map is None:
+            self._attention_map = self._contract.default_attention(1)
+        return np.ascontiguousarray(
+            np.broadcast_to(self._attention_map, (n, *self._attention_map.shape[1:]))
+        )
+
+    def _predict(
+        self, images: Iterable[np.ndarray], entries: Sequence[FacesArg], detector: Detector | None
+    ) -> list[list[Prediction]]:
+        return predict_images(
+            images,
+            entries,
+            contract=self._contract,
+            run=self.run,
+            detector=self._detector if detector is None else detector,
+            abstain=self._abstain,
+            landmarks=self._landmarks,
+        )
+
+    def predict_decoded(
+        self,
+        images: Sequence[np.ndarray],
+        faces: FacesArg | Sequence[FacesArg] = "detect",
+        *,
+        detector: Detector | None = None,
+    ) -> list[list[Prediction]]:
+        """Predictions for every face of already decoded images, all faces run together.
+
+        ``images``: RGB ``uint8`` ``(H, W, 3)`` arrays as :func:`fer_export.faces.decode_image`
+        returns them -- used as they are (no second decode, no pixel limit: the decoder applied
+        it); anything else is a :class:`ValueError`. ``faces``: as for :meth:`predict_batch`.
+        ``detector``: for ``"detect"`` (default: :attr:`detector`). Returns one (possibly
+        empty) list per image.
+        """
+        images = list(images)
+        return self._predict(images, per_image(faces, len(images)), detector)
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        faces: FacesArg | Sequence[FacesArg] = "detect",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector: Detector | None = None,
+    ) -> list[list[Prediction]]:
+        """Predictions for every face of every image, with all faces run together.
+
+        ``faces`` is ``"detect"`` or ``"whole"`` for all images, or a sequence with one entry
+        per image (``"detect"``, ``"whole"`` or a list of ``(x, y, w, h)`` boxes).
+        ``max_pixels`` (default 40 MP, ``None``: no limit): a larger image raises
+        :class:`~fer_export.faces.ImageTooLargeError` -- for bytes and paths before it is
+        decoded. ``detector``: for ``"detect"`` (default: :attr:`detector`).
+        Returns one (possibly empty) list per image.
+        """
+        images = list(images)
+        entries = per_image(faces, len(images))
+        # Decoded one at a time as the pipeline takes them: one full image in memory at once.
+        decoded = (decode_image(image, max_pixels=max_pixels) for image in images)
+        return self._predict(decoded, entries, detector)
+
+    def predict(
+        self,
+        image: ImageInput,
+        faces: FacesArg = "detect",
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector: Detector | None = None,
+    ) -> list[Prediction]:
+        """Predictions for the faces in one image.
+
+        ``image``: RGB ``uint8`` ``(H, W, 3)`` (grayscale ``(H, W)`` and RGBA accepted), a path
+        or encoded bytes. ``faces``: ``"detect"`` (the detector's boxes, largest first; no face
+        -> ``[]``), ``"whole"`` (the whole image is the face) or a list of ``(x, y, w, h)``
+        boxes. Detected and given boxes are cropped with the contract's ``face_margin``.
+        ``max_pixels``, ``detector``: see :meth:`predict_batch`.
+        """
+        return self.predict_batch([image], [faces], max_pixels=max_pixels, detector=detector)[0]

@@ -38,18 +38,12 @@ from fer_export.contract import (
     read_model,
 )
 from fer_export.faces import (
-    DEFAULT_MAX_PIXELS,
     Detector,
-    ImageInput,
     ThreadLocalDetector,
-    decode_image,
 )
 from fer_export.predict import (
-    FacesArg,
+    FacePredictor,
     LandmarkFinder,
-    Prediction,
-    per_image,
-    predict_images,
     resolve_abstain,
     resolve_au_source,
 )
@@ -64,7 +58,7 @@ from fer_export.providers import (
 __all__ = ["FERSession"]
 
 
-class FERSession:
+class FERSession(FacePredictor):
     """An ONNX Runtime session for one exported FER model.
 
     Args:
@@ -192,50 +186,14 @@ class FERSession:
     # -- properties ---------------------------------------------------------------------------
 
     @property
-    def contract(self) -> ModelContract:
-        """The preprocessing contract from the model's metadata."""
-        return self._contract
-
-    @property
     def metadata(self) -> dict[str, str]:
         """All ONNX metadata key/value pairs (a copy)."""
         return dict(self._metadata)
 
     @property
-    def input_size(self) -> int:
-        """``S``: the model takes ``(N, 3, S, S)`` images."""
-        return self._contract.input_size
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Class names, in score order."""
-        return self._contract.labels
-
-    @property
     def session(self) -> ort.InferenceSession:
         """The underlying ONNX Runtime session."""
         return self._session
-
-    @property
-    def abstain_threshold(self) -> float | None:
-        """The top probability below which ``predict*`` answer ``"unknown"`` (None: never)."""
-        return self._abstain
-
-    @property
-    def au_source(self) -> str:
-        """The AU map ``predict*`` feed the faces: ``"landmarks"`` (each face's own, the
-        template where none are found), ``"template"`` or ``"none"``."""
-        return self._au_source
-
-    @property
-    def landmarks(self) -> LandmarkFinder | None:
-        """The landmark finder (None unless :attr:`au_source` is ``"landmarks"``)."""
-        return self._landmarks
-
-    @property
-    def detector(self) -> Detector:
-        """The face detector used by ``faces="detect"`` (thread-safe unless one was given)."""
-        return self._detector
 
     def __repr__(self) -> str:
         s = self.input_size
@@ -267,13 +225,6 @@ class FERSession:
         if x.ndim != 4 or x.shape[1:] != (channels, s, s) or (n is not None and x.shape[0] != n):
             raise ValueError(f"{name} must have shape {want}, got {x.shape}")
         return np.ascontiguousarray(x)
-
-    def _default_attention(self, n: int) -> np.ndarray:
-        if self._attention_map is None:
-            self._attention_map = self._contract.default_attention(1)
-        return np.ascontiguousarray(
-            np.broadcast_to(self._attention_map, (n, *self._attention_map.shape[1:]))
-        )
 
     def _run_chunk(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if self._io_device is None:
@@ -352,80 +303,3 @@ class FERSession:
             sizes.append(min(self.trt_batch[1], self._chunk_size()))
         for i in range(max(1, runs)):
             self.run(np.zeros((sizes[min(i, len(sizes) - 1)], 3, s, s), np.float32))
-
-    # -- images -------------------------------------------------------------------------------
-
-    def predict_decoded(
-        self,
-        images: Sequence[np.ndarray],
-        faces: FacesArg | Sequence[FacesArg] = "detect",
-        *,
-        detector: Detector | None = None,
-    ) -> list[list[Prediction]]:
-        """Predictions for every face of already decoded images, all faces run together.
-
-        ``images``: RGB ``uint8`` ``(H, W, 3)`` arrays as :func:`fer_export.faces.decode_image`
-        returns them -- used as they are (no second decode, no pixel limit: the decoder applied
-        it); anything else is a :class:`ValueError`. ``faces``: as for :meth:`predict_batch`.
-        ``detector``: for ``"detect"`` (default: :attr:`detector`). Returns one (possibly
-        empty) list per image.
-        """
-        images = list(images)
-        return predict_images(
-            images,
-            per_image(faces, len(images)),
-            contract=self._contract,
-            run=self.run,
-            detector=self._detector if detector is None else detector,
-            abstain=self._abstain,
-            landmarks=self._landmarks,
-        )
-
-    def predict_batch(
-        self,
-        images: Sequence[ImageInput],
-        faces: FacesArg | Sequence[FacesArg] = "detect",
-        *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        detector: Detector | None = None,
-    ) -> list[list[Prediction]]:
-        """Predictions for every face of every image, with all faces run together.
-
-        ``faces`` is ``"detect"`` or ``"whole"`` for all images, or a sequence with one entry
-        per image (``"detect"``, ``"whole"`` or a list of ``(x, y, w, h)`` boxes).
-        ``max_pixels`` (default 40 MP, ``None``: no limit): a larger image raises
-        :class:`~fer_export.faces.ImageTooLargeError` -- for bytes and paths before it is
-        decoded. ``detector``: for ``"detect"`` (default: :attr:`detector`).
-        Returns one (possibly empty) list per image.
-        """
-        images = list(images)
-        entries = per_image(faces, len(images))
-        # Decoded one at a time as the pipeline takes them: one full image in memory at once.
-        decoded = (decode_image(image, max_pixels=max_pixels) for image in images)
-        return predict_images(
-            decoded,
-            entries,
-            contract=self._contract,
-            run=self.run,
-            detector=self._detector if detector is None else detector,
-            abstain=self._abstain,
-            landmarks=self._landmarks,
-        )
-
-    def predict(
-        self,
-        image: ImageInput,
-        faces: FacesArg = "detect",
-        *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        detector: Detector | None = None,
-    ) -> list[Prediction]:
-        """Predictions for the faces in one image.
-
-        ``image``: RGB ``uint8`` ``(H, W, 3)`` (grayscale ``(H, W)`` and RGBA accepted), a path
-        or encoded bytes. ``faces``: ``"detect"`` (the detector's boxes, largest first; no face
-        -> ``[]``), ``"whole"`` (the whole image is the face) or a list of ``(x, y, w, h)``
-        boxes. Detected and given boxes are cropped with the contract's ``face_margin``.
-        ``max_pixels``, ``detector``: see :meth:`predict_batch`.
-        """
-        return self.predict_batch([image], [faces], max_pixels=max_pixels, detector=detector)[0]

@@ -55,10 +55,11 @@ from fer_export.contract import (
     ModelLoadError,
     read_model,
 )
+from fer_export.predict import FacePredictor
 
 if TYPE_CHECKING:
-    from fer_export.faces import Detector, ImageInput
-    from fer_export.predict import FacesArg, LandmarkFinder, Prediction
+    from fer_export.faces import Detector
+    from fer_export.predict import LandmarkFinder
 
 __all__ = [
     "CONFIG_FILE",
@@ -93,9 +94,6 @@ DEFAULT_MAX_BATCH = 32
 #: Filtered to those <= max_batch (``max_batch`` itself when none is).
 DEFAULT_PREFERRED_BATCH = (8, 32)
 DEFAULT_QUEUE_DELAY_US = 500
-#: fer_images.DEFAULT_MAX_PIXELS (FERSession's limit), copied: importing it would import OpenCV
-#: for every fer-export command; tests/test_triton.py keeps the two equal.
-DEFAULT_MAX_PIXELS = 40_000_000
 #: Triton keeps batch sizes and counts in int32.
 _INT32_MAX = 2**31 - 1
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
@@ -886,7 +884,7 @@ def _dims_of(value: Any) -> list[int]:
     return [int(v) for v in value]
 
 
-class TritonFERClient:
+class TritonFERClient(FacePredictor):
     """Faces detected and preprocessed here, classified by a model on a Triton server.
 
     Args:
@@ -1123,42 +1121,6 @@ class TritonFERClient:
 
     # -- properties ---------------------------------------------------------------------------
 
-    @property
-    def contract(self) -> ModelContract:
-        """The preprocessing contract in use."""
-        return self._contract
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Class names, in score order."""
-        return self._contract.labels
-
-    @property
-    def input_size(self) -> int:
-        """``S``: the model takes ``(N, 3, S, S)`` images."""
-        return self._contract.input_size
-
-    @property
-    def detector(self) -> Detector:
-        """The face detector used by ``faces="detect"``."""
-        return self._detector
-
-    @property
-    def abstain_threshold(self) -> float | None:
-        """The top probability below which ``predict*`` answer ``"unknown"`` (None: never)."""
-        return self._abstain
-
-    @property
-    def au_source(self) -> str:
-        """The AU map ``predict*`` feed the faces: ``"landmarks"`` (each face's own, the
-        template where none are found), ``"template"`` or ``"none"``."""
-        return self._au_source
-
-    @property
-    def landmarks(self) -> LandmarkFinder | None:
-        """The landmark finder (None unless :attr:`au_source` is ``"landmarks"``)."""
-        return self._landmarks
-
     # -- inference ----------------------------------------------------------------------------
 
     def _check(self, name: str, x: Any, channels: int, n: int | None) -> np.ndarray:
@@ -1174,13 +1136,6 @@ class TritonFERClient:
             shown = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
             raise ValueError(f"{name} must be a numpy array {want}, got {shown}")
         return np.ascontiguousarray(x)
-
-    def _default_attention(self, n: int) -> np.ndarray:
-        if self._attention_map is None:
-            self._attention_map = self._contract.default_attention(1)
-        return np.ascontiguousarray(
-            np.broadcast_to(self._attention_map, (n, *self._attention_map.shape[1:]))
-        )
 
     def run(self, batch: np.ndarray, attention: np.ndarray | None = None) -> np.ndarray:
         """Scores ``(N, C)`` float32 from the server for a preprocessed batch ``(N, 3, S, S)``
@@ -1237,62 +1192,3 @@ class TritonFERClient:
         if scores is None:
             raise TritonServerError(f"{self._where()} answered without {SCORES_OUTPUT!r}")
         return np.asarray(scores)
-
-    def predict_decoded(
-        self,
-        images: Sequence[np.ndarray],
-        faces: FacesArg | Sequence[FacesArg] = "detect",
-        *,
-        detector: Detector | None = None,
-    ) -> list[list[Prediction]]:
-        """Predictions for every face of already decoded RGB ``uint8`` images, as
-        :meth:`FERSession.predict_decoded` (all faces of the call in one server request,
-        split at :attr:`max_batch`)."""
-        from fer_export.predict import per_image, predict_images
-
-        images = list(images)
-        return predict_images(
-            images,
-            per_image(faces, len(images)),
-            contract=self._contract,
-            run=self.run,
-            detector=self._detector if detector is None else detector,
-            abstain=self._abstain,
-            landmarks=self._landmarks,
-        )
-
-    def predict_batch(
-        self,
-        images: Sequence[ImageInput],
-        faces: FacesArg | Sequence[FacesArg] = "detect",
-        *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        detector: Detector | None = None,
-    ) -> list[list[Prediction]]:
-        """Predictions for every face of every image (arrays, paths or encoded bytes), as
-        :meth:`FERSession.predict_batch` (``max_pixels``: 40 MP by default, None: no limit)."""
-        from fer_export.faces import decode_image
-        from fer_export.predict import per_image, predict_images
-
-        images = list(images)
-        decoded = (decode_image(image, max_pixels=max_pixels) for image in images)
-        return predict_images(
-            decoded,
-            per_image(faces, len(images)),
-            contract=self._contract,
-            run=self.run,
-            detector=self._detector if detector is None else detector,
-            abstain=self._abstain,
-            landmarks=self._landmarks,
-        )
-
-    def predict(
-        self,
-        image: ImageInput,
-        faces: FacesArg = "detect",
-        *,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        detector: Detector | None = None,
-    ) -> list[Prediction]:
-        """Predictions for the faces in one image, as :meth:`FERSession.predict`."""
-        return self.predict_batch([image], [faces], max_pixels=max_pixels, detector=detector)[0]
