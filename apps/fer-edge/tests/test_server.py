@@ -671,8 +671,8 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
 
     import fer_edge.server
     import fer_export.faces
+    import fer_export.predict
     import fer_export.runtime
-    import fer_export.session
 
     calls: list[tuple[str, object]] = []
     real_decode = fer_export.faces.decode_image
@@ -686,7 +686,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
         calls.append(("imdecode", None))
         return real_imdecode(buf, flags)
 
-    for module in (fer_export.faces, fer_export.session, fer_export.runtime, fer_edge.server):
+    for module in (fer_export.faces, fer_export.predict, fer_export.runtime, fer_edge.server):
         monkeypatch.setattr(module, "decode_image", decode_spy)
     monkeypatch.setattr(cv2, "imdecode", imdecode_spy)
     return calls
