@@ -23,46 +23,52 @@ from torch import Tensor
 
 from band_ops import onesided
 
-Z_LOW = -18.5
+X_LOW = -18.5
 Y_TOP = 708.0
 LN2 = math.log(2.0)
 
 
 def residual(
-    w: Tensor,
-    m: Tensor,
-    e: Tensor,
-    d: Tensor,
-    a: Tensor,
-    b: Tensor,
-    kappa: Tensor,
-    work: Tensor,
-    second: bool = True,
+    w: Tensor, m: Tensor, e: Tensor, d: Tensor, a: Tensor, b: Tensor, kappa: Tensor, second: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Returns (D, D', D'') at w; see ``onesided.Residual``.
+    """Returns (D, D', D'' if ``second``) at w; see ``onesided.Residual``.
 
     h(w) = log1p(-m / 2), g(w) = log w - h(w) = -log1p(e) - h(w); h(w') = log1p(d / 2),
     g(w') = log1p(d / (2 + d)); every one precise near 1 and at the extremes.
     """
-    h_w, g_w, h_wp, g_wp, excess, d1 = work[0], work[1], work[2], work[3], work[4], work[5]
+    h_w, h_wp = torch.log1p(-m / 2), torch.log1p(d / 2)
+    g_w, g_wp = -torch.log1p(e) - h_w, torch.log1p(d / (2 + d))
+    value = (a * (w * g_w - h_w) + (b + a * m) * g_wp - b * h_wp) / 2
+    slope = a * (g_w - g_wp) / 2
+    if not second:
+        return value, slope, None
+    wp = 1 + d
+    return value, slope, a * (1 / (w * (1 + w)) + kappa / (wp * (1 + wp))) / 2
+
+
+def fast_residual(
+    delta: float, s: onesided.Scratch, e: Tensor, w: Tensor, m: Tensor, d: Tensor, rows: list
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """In-place (2 (D - delta), -2 D', 2 D''); see ``onesided.FastResidual`` (k = 2)."""
+    h_w, minus_g_w, h_wp, g_wp, slope, bwp, r = rows[:7]
     torch.mul(m, -0.5, out=h_w).log1p_()
-    torch.log1p(e, out=g_w).neg_().sub_(h_w)
+    torch.log1p(e, out=minus_g_w).add_(h_w)
     torch.mul(d, 0.5, out=h_wp).log1p_()
     torch.add(d, 2.0, out=g_wp)
     torch.div(d, g_wp, out=g_wp).log1p_()
-    torch.sub(g_w, g_wp, out=d1).mul_(a).mul_(0.5)
-    # D = (a (w g(w) - h(w)) + b w' g(w') - b h(w')) / 2, with b w' = b + a m
-    torch.mul(w, g_w, out=excess).sub_(h_w).mul_(a)
-    excess.addcmul_(torch.addcmul(b, a, m, out=h_w), g_wp)
-    excess.addcmul_(b, h_wp, value=-1.0).mul_(0.5)
-    if not second:
-        return excess, d1, None
-    # D'' = a (1 / (w (1 + w)) + kappa / (w' (1 + w'))) / 2, w' = 1 + d
-    d2 = torch.addcmul(w, w, w, out=g_w).reciprocal_()
+    torch.add(minus_g_w, g_wp, out=slope).mul_(s.a)
+    # 2 D = a (w g(w) - h(w)) + b w' g(w') - b h(w'), b w' = b + a m
+    torch.addcmul(h_w, w, minus_g_w, out=r).mul_(s.a).neg_()
+    torch.addcmul(s.b, s.a, m, out=bwp)
+    r.addcmul_(bwp, g_wp).addcmul_(s.b, h_wp, value=-1.0).sub_(2.0 * delta)
+    if s.q.dtype != torch.float64:
+        return r, slope, None
+    # 2 D'' = a (1 / (w (1 + w)) + kappa / (w' (1 + w'))), w' = 1 + d
+    curvature = torch.addcmul(w, w, w, out=minus_g_w).reciprocal_()
     torch.add(d, 1.0, out=h_w)
     torch.addcmul(h_w, h_w, h_w, out=h_wp)
-    d2.add_(torch.div(kappa, h_wp, out=h_w)).mul_(a).mul_(0.5)
-    return excess, d1, d2
+    curvature.add_(torch.div(s.kappa, h_wp, out=h_wp))
+    return r, slope, curvature.mul_(s.a)
 
 
 def _zero_excess(b: float) -> float:
@@ -98,13 +104,15 @@ def _threshold(delta: float) -> float:
 
 @functools.lru_cache(maxsize=32)
 def table(delta: float) -> onesided.StartTable | None:
-    """Returns the start table for ``delta``: logit(w) at the root against log(y - y_sat)."""
-    return onesided.logit_table(residual, delta, _threshold(delta), Z_LOW, Y_TOP)
+    """Returns the start table for ``delta`` (see ``onesided.logit_table``)."""
+    return onesided.logit_table(residual, delta, _threshold(delta), X_LOW, Y_TOP)
 
 
-def coordinate(y: Tensor, kappa: Tensor, delta: float, out: Tensor) -> Tensor:
-    """Writes log(y - y_sat) (the table clamps it) into ``out``."""
-    return onesided.log_distance(y, kappa, saturation(delta), Z_LOW, out)
+def coordinate(
+    y: Tensor, kappa: Tensor, delta: float, table: onesided.StartTable, s: onesided.Scratch
+) -> Tensor:
+    """Returns the table coordinate of y (see ``onesided.log_distance``), in ``s.u``."""
+    return onesided.log_distance(y, kappa, saturation(delta), table, s)
 
 
 SOLVER = onesided.SideSolver(
@@ -112,7 +120,7 @@ SOLVER = onesided.SideSolver(
     saturation=saturation,
     table=table,
     coordinate=coordinate,
-    step=onesided.w_step(residual),
+    step=onesided.w_step(fast_residual),
     robust=functools.partial(onesided.logit_sides, residual=residual),
 )
 

@@ -14,21 +14,25 @@ threshold computed once per delta. kappa = exp(-log p) - 1 or its reciprocal kee
 precision where 1 - p rounds (deciding on a rounded 1 - p would misplace float32 tokens next to
 the threshold, where the root depends on 1 - p to 1e-9). The outputs are lower = w (sampled
 token) and upper = 1 + (1 - s) (1 - p) / p (rest of the vocabulary): one solver for both sides.
+Rows of every (2, M) quantity are (upper side, lower side).
 
-For a given delta the root depends on a alone, through y = logit(a) = log kappa. ``StartTable``
-holds it, in a smooth form, against a coordinate derived from y: tabulated once per
-(divergence, delta) by the robust solver below, interpolated by cubic pieces in float32, good
-to about 1e-6. From there one Halley step (float64) or Newton step (float32) in the compute
+For a given delta the root depends on a alone, through y = logit(a) = log kappa. A
+``StartTable`` holds it, in a smooth form, against a coordinate derived from y: tabulated once
+per (divergence, delta) by the robust solver below, interpolated linearly in float32 on fine
+cells (about 1e-6). From there one Halley step (float64) or Newton step (float32) in the compute
 dtype reaches rounding level. The step's size relative to the distance to the singular ends
 checks that: a side whose step is too large (a token within 1e-8 of a saturation threshold,
-float32 tokens whose 1 - p is below float32's range) is solved again by the robust float64
+a float32 token whose 1 - p is below float32's range) is solved again by the robust float64
 solver, once per call for all such tokens.
 
-Speed (CPU). The per-token work is a few transcendental functions and about 60 elementwise
-operations, done in place on buffers reused across chunks of ``CHUNK`` tokens, which keep every
-operation on the calling thread; the chunks are spread over a small thread pool. Comparisons,
-masks and ``masked_fill`` cost several times an arithmetic operation there, so saturation and
-the check are arithmetic, and a chunk builds a mask only when its largest step is too large.
+Speed (CPU). The per-token work is a few transcendental functions and about 40 elementwise
+operations, in place on buffers reused across chunks of ``CHUNK`` tokens. At that size every
+operation runs on the calling thread (below torch's grain size), so no operation waits at an
+OpenMP barrier, which on a loaded machine costs more than the operation; the chunks are spread
+over a small thread pool instead. The row views are made once per chunk size: per call,
+dispatch costs about as much as the arithmetic. Comparisons, masks and ``masked_fill`` cost
+several times an arithmetic operation, so saturation and the check are arithmetic, and a chunk
+builds a mask only when its largest step is too large.
 """
 
 from __future__ import annotations
@@ -44,169 +48,66 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Tokens per chunk on CPU (on other devices the whole batch is one chunk). At 2^14 every
-# elementwise op of a chunk, on (2, CHUNK) values, stays at torch's grain size (32768), so it
-# runs on the calling thread: the chunks are spread over a thread pool instead. Ops split
-# across OpenMP threads meet at a barrier each, which on a loaded machine costs more than the
-# op (a descheduled thread stalls its partner); a thread per chunk waits only at the end.
+# Tokens per chunk on CPU (on other devices the whole batch is one chunk): (2, CHUNK) values
+# are exactly torch's grain size, the largest operation it runs on the calling thread.
 CHUNK = 1 << 14
+WORKERS: int | None = None  # threads for the chunks; None: torch.get_num_threads()
 # Relative size of the final step below which the result is at rounding level: the step is
 # about the start's error e, and the error after it about e^3 (Halley, float64) or e^2
-# (Newton, float32). Table starts are good to about 1e-6 (float32 lookup).
+# (Newton, float32).
 STEP_TOLERANCE = {torch.float64: 2e-5, torch.float32: 3e-4}
-# Saturation as arithmetic: clamp((kappa - kappa_sat) * BIG, 0, 1) is 0 on saturated sides and
-# 1 on the others (but for kappa within 1e-30 of the threshold, where the root is 0 anyway);
-# masks and masked_fill cost several times more than elementwise arithmetic on CPU.
-BIG = 1e30
-# Cells of the start tables: cubic interpolation on this spacing is accurate to about 1e-9.
-CELL = 0.02
+# Cells of the start tables: linear interpolation on this spacing is good to about 1e-6.
+CELL = 1.0 / 256
 ROBUST_ITERATIONS = 200
-LN2 = math.log(2.0)
+# Saturation as arithmetic: clamp((kappa - kappa_sat) * BIG, 0, 1) is 0 on saturated sides and
+# 1 on the others (but for kappa within 1e-30 of the threshold, where the root is 0 anyway).
+BIG = 1e30
 
 
 @dataclass(frozen=True)
 class StartTable:
-    """Cubic pieces of a start value G(x) on uniform cells of a coordinate x, in float32.
+    """A start value G(x) on uniform cells of a coordinate x, interpolated linearly in float32.
 
-    ``packed`` is (cells,) complex128, each element the four float32 coefficients of a cell,
-    G = c0 + c1 u + c2 u^2 + c3 u^3 with u = (x - x0) / h - j on cell j: one gather fetches all
-    four (a gather costs about as much as five elementwise operations).
+    ``packed`` is (cells,) complex64: per cell the value at its left end and its slope per
+    cell, fetched by one gather. Coordinates are given in cell units, u = (x - x0) / h.
     """
 
     packed: Tensor
     x0: float
     inv_h: float
     cells: int
+    top: float  # the largest float32 below ``cells``: the truncation of u stays in range
 
-    def lookup(self, x: Tensor, out: Tensor, work: Tensor, index: Tensor) -> Tensor:
-        """Writes G(x) into ``out`` (x, out: float32 (2, M)); x is clamped to the table.
-
-        ``work`` is float32 scratch of at least 10 M values, ``index`` (2M,) int64 scratch.
-        """
-        n = x.numel()
-        u = out.view(-1)
-        torch.sub(x.view(-1), self.x0, out=u).mul_(self.inv_h)
-        # Just below the last cell's right end, so that the truncation stays in range.
-        u.clamp_(0.0, self.cells - 1.0 / 1024)
-        index = index[:n]
-        index.copy_(u)  # truncation: floor for u >= 0
-        # The complex view needs 16-byte alignment: the gather's buffer starts the scratch.
-        gathered = torch.index_select(self.packed, 0, index, out=_complex_view(work[: 4 * n]))
-        frac = torch.frac(u, out=work[4 * n : 5 * n])
-        c = torch.view_as_real(gathered).view(torch.float32).view(n, 4)
-        torch.addcmul(c[:, 2], frac, c[:, 3], out=u)
-        torch.addcmul(c[:, 1], frac, u, out=u)
-        torch.addcmul(c[:, 0], frac, u, out=u)
-        return out
+    def lookup(self, u: Tensor, scratch: Scratch) -> Tensor:
+        """Returns G at cell coordinates ``u`` (float32 (2, M)), clamped to the table."""
+        frac = torch.clamp(u.view(-1), 0.0, self.top, out=scratch.frac)
+        scratch.index.copy_(frac)  # truncation: floor for u >= 0
+        frac.frac_()
+        torch.index_select(self.packed, 0, scratch.index, out=scratch.gathered)
+        pairs = scratch.pairs
+        return torch.addcmul(pairs[:, 0], frac, pairs[:, 1], out=scratch.g.view(-1)).view(2, -1)
 
 
-def _complex_view(buffer: Tensor) -> Tensor:
-    """Returns float32 ``buffer`` (4n values) viewed as n complex128 values."""
-    return buffer.view(torch.float64).view(-1, 2).view(torch.complex128).view(-1)
-
-
-def cubic_table(values: Tensor, x0: float, h: float) -> StartTable:
-    """Returns the table interpolating ``values`` at x0 + h (k - 1), k = 0 .. n + 2 (n cells).
-
-    Cell j uses the nodes j - 1 .. j + 2 (Lagrange cubic), so the first node lies one cell
-    before x0 and the last two after the table's end.
-    """
-    g0, g1, g2, g3 = values[:-3], values[1:-2], values[2:-1], values[3:]
-    c0 = g1
-    c1 = -g0 / 3 - g1 / 2 + g2 - g3 / 6
-    c2 = g0 / 2 - g1 + g2 / 2
-    c3 = (g3 - g0) / 6 + (g1 - g2) / 2
-    coeffs = torch.stack((c0, c1, c2, c3), dim=1).to(torch.float32).contiguous()
-    cells = coeffs.shape[0]
-    return StartTable(_complex_view(coeffs.view(-1)).clone(), x0, 1.0 / h, cells)
-
-
-def logit_table(
-    residual: Residual, delta: float, y_sat: float, z_low: float, y_top: float
-) -> StartTable | None:
-    """Returns a table of logit(w) at the root against z = log(y - y_sat), z >= ``z_low``.
-
-    None when y_sat is within 1 of ``y_top`` (no token can be unsaturated but by rounding).
-    """
-    if not y_sat < y_top - 1.0:
-        return None
-    h = CELL
-    cells = math.ceil((math.log(y_top - y_sat) - z_low) / h)
-    z = z_low + h * (torch.arange(cells + 3, dtype=torch.float64) - 1)
-    y = (y_sat + torch.exp(z)).clamp_(max=y_top)
-    a, b, kappa = torch.sigmoid(y), torch.sigmoid(-y), torch.exp(y)
-    return cubic_table(robust_logit(residual, a, b, kappa, delta), z_low, h)
-
-
-def log_distance(y: Tensor, kappa: Tensor, kappa_sat: float, z_low: float, out: Tensor) -> Tensor:
-    """Writes z = log(y - y_sat), at least ``z_low``, into ``out`` (float32 (2, M)).
-
-    y - y_sat = log(kappa / kappa_sat) is formed in float64 from y; in float32 (where y
-    itself is only good to 1e-7 |y|) as log1p((kappa - kappa_sat) / kappa_sat), whose
-    argument keeps its relative precision however close kappa is to kappa_sat.
-    """
-    if y.dtype == torch.float64:
-        torch.sub(y, math.log(kappa_sat), out=out)
-    else:
-        torch.sub(kappa, kappa_sat, out=out).mul_(1.0 / kappa_sat).log1p_()
-    return out.clamp_(min=math.exp(z_low)).log_()
-
-
-# --- per-token quantities ------------------------------------------------------------------------
-
-
-def side_quantities(logp: Tensor, out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fills ``out`` (6, 2, M) and returns (a, b, kappa, inv_p, odds) for log p (M,).
-
-    Rows of a, b, kappa are (upper side, lower side): a = (1-p, p), b = (p, 1-p),
-    kappa = a / b. inv_p = exp(-log p) (M,), the exact cap of the upper bound; odds =
-    expm1(-log p) = (1-p)/p (M,), clamped to the smallest normal number (p = 1 keeps a
-    finite kappa). p and 1 - p come from these two with a relative error of an ulp or two,
-    also where p rounds to 1.
-    """
-    tiny = torch.finfo(logp.dtype).tiny
-    a, b, kappa = out[0], out[1], out[2]
-    inv_p, odds = out[3, 0], out[3, 1]
-    torch.neg(logp, out=odds)
-    torch.exp(odds, out=inv_p)
-    odds.expm1_().clamp_(min=tiny)
-    p, p1 = b[0], a[0]
-    torch.reciprocal(inv_p, out=p)
-    torch.mul(odds, p, out=p1)
-    a[1].copy_(p)
-    b[1].copy_(p1)
-    kappa[0].copy_(odds)
-    torch.reciprocal(odds, out=kappa[1])
-    return a, b, kappa, inv_p, odds
-
-
-def logit_coordinate(odds: Tensor, out: Tensor) -> Tensor:
-    """Writes y = logit(a) = log kappa, (2, M) in the compute dtype: (log odds, -log odds).
-
-    Taken in the compute dtype: float64 odds can lie beyond float32's range (p = 1 has odds
-    1e-308), and next to a saturation threshold the distance y - y_sat needs y's precision.
-    """
-    torch.log(odds, out=out[0])
-    torch.neg(out[0], out=out[1])
-    return out
+def linear_table(values: Tensor, x0: float, h: float) -> StartTable:
+    """Returns the table interpolating ``values`` at x0 + h k, k = 0 .. cells."""
+    value = values[:-1].to(torch.float32)
+    slope = (values[1:] - values[:-1]).to(torch.float32)
+    packed = torch.view_as_complex(torch.stack((value, slope), dim=1).contiguous())
+    cells = packed.shape[0]
+    top = torch.nextafter(torch.tensor(float(cells)), torch.tensor(0.0)).item()
+    return StartTable(packed, x0, 1.0 / h, cells, top)
 
 
 # --- the robust solver (float64), used for the tables and for flagged tokens ---------------------
 
-
-# (w, m = 1 - w, e = m / w, d = w' - 1 = kappa m, a, b, kappa, work (6, ...), second) ->
-# (D, dD/dw, d2D/dw2 or None unless ``second``), written into ``work``. e and d let every
-# logarithm be a log1p of a precise argument: log w = -log1p(e), log w' = log1p(d).
+# residual(w, m, e, d, a, b, kappa, second) -> (D - 0, dD/dw, d2D/dw2 or None): at w with
+# m = 1 - w, e = m / w and d = w' - 1 = kappa m, which let every logarithm be a log1p of a
+# precise argument (log w = -log1p(e), log w' = log1p(d)). Allocating; the fast path has its
+# own in-place version of each divergence.
 Residual = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
 
 
-def robust_logit(
-    residual: Residual,
-    a: Tensor,
-    b: Tensor,
-    kappa: Tensor,
-    delta: float,
-) -> Tensor:
+def robust_logit(residual: Residual, a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> Tensor:
     """Returns l = logit(w) solving D(w) = delta, by safeguarded Newton on l, float64.
 
     The bracket starts at l in [-700, 700] (w from 1e-304 to 1 - 1e-304); a Newton step that
@@ -222,9 +123,7 @@ def robust_logit(
         e = torch.exp(-ell)
         w = 1 / (1 + e)
         m = e * w
-        excess, slope_w, _ = residual(
-            w, m, e, kappa * m, a, b, kappa, a.new_empty(6, *a.shape), False
-        )
+        excess, slope_w, _ = residual(w, m, e, kappa * m, a, b, kappa, False)
         excess = excess - delta
         outside = excess > 0  # D > delta: w below the root
         lo = torch.where(outside, ell, lo)
@@ -239,11 +138,71 @@ def robust_logit(
     return ell
 
 
-def logit_sides(a: Tensor, b: Tensor, kappa: Tensor, delta: float, residual: Residual):
+def logit_sides(
+    a: Tensor, b: Tensor, kappa: Tensor, delta: float, residual: Residual
+) -> tuple[Tensor, Tensor]:
     """Returns (w, 1 - w) from ``robust_logit``, for flagged tokens."""
     e = torch.exp(-robust_logit(residual, a, b, kappa, delta))
     w = 1 / (1 + e)
     return w, e * w
+
+
+# The coordinate of the reverse-KL and JS tables: x = log d + d / D_SCALE in the distance
+# d = y - y_sat from the saturation threshold. Near the threshold the root vanishes like
+# d / log(1/d), smooth in log d; far from it (small delta) log((1 - w) / w) is close to linear
+# in y, which a log d coordinate would bend (interpolation errors of 1e-4 at delta = 1e-4).
+D_SCALE = 8.0
+
+
+def _distance(x: Tensor) -> Tensor:
+    """Returns d > 0 with log d + d / D_SCALE = x (float64), by Newton from above."""
+    d = torch.minimum(torch.exp(x), D_SCALE * x.clamp(min=1.0))
+    for _ in range(100):
+        step = (torch.log(d) + d / D_SCALE - x) / (1 / d + 1 / D_SCALE)
+        d = d - step
+        if bool((step.abs() <= 1e-15 * d).all()):
+            break
+    return d
+
+
+def logit_table(
+    residual: Residual, delta: float, y_sat: float, x_low: float, y_top: float
+) -> StartTable | None:
+    """Returns a table of -logit(w) at the root against x = log d + d / D_SCALE, d = y - y_sat.
+
+    The sign makes exp(G) = (1 - w) / w. The table runs from x_low to y = y_top, both nodes.
+    None when y_sat is within 1 of ``y_top`` (no token can be unsaturated but by rounding).
+    """
+    if not y_sat < y_top - 1.0:
+        return None
+    d_top = y_top - y_sat
+    x_top = math.log(d_top) + d_top / D_SCALE
+    cells = math.ceil((x_top - x_low) / CELL)
+    h = (x_top - x_low) / cells
+    x = x_low + h * torch.arange(cells + 1, dtype=torch.float64)
+    y = (y_sat + _distance(x)).clamp_(max=y_top)
+    a, b, kappa = torch.sigmoid(y), torch.sigmoid(-y), torch.exp(y)
+    ell = robust_logit(residual, a, b, kappa, delta)
+    # Bounded so that exp(G) stays finite in float32; such roots are flagged and solved again.
+    return linear_table((-ell).clamp_(-80.0, 80.0), x_low, h)
+
+
+def log_distance(
+    y: Tensor, kappa: Tensor, kappa_sat: float, table: StartTable, s: Scratch
+) -> Tensor:
+    """Returns x = log d + d / D_SCALE, d = y - y_sat, in the table's cell units (``s.u``).
+
+    d = log(kappa / kappa_sat) is formed in float64 from y; in float32 (where y itself is only
+    good to 1e-7 |y|) as log1p((kappa - kappa_sat) / kappa_sat), whose argument keeps its
+    relative precision however close kappa is to kappa_sat.
+    """
+    if y.dtype == torch.float64:
+        d = torch.sub(y, math.log(kappa_sat), out=s.g)
+    else:
+        d = torch.sub(kappa, kappa_sat, out=s.g).mul_(1.0 / kappa_sat).log1p_()
+    d.clamp_(min=math.exp(table.x0))
+    x = torch.log(d, out=s.u).add_(d, alpha=1.0 / D_SCALE)
+    return x.sub_(table.x0).mul_(table.inv_h)
 
 
 def robust_kl(a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> Tensor:
@@ -274,46 +233,78 @@ def kl_sides(a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> tuple[Tensor,
     return torch.exp(-t.clamp(max=-math.log(2 * tiny))), -torch.expm1(-t)
 
 
-# --- the Halley step on w (reverse KL, Jensen-Shannon) ------------------------------------------
+# --- the fast step on w (reverse KL, Jensen-Shannon) ------------------------------------------
+
+# fast_residual(delta, scratch, e, w, m, d, rows) -> (R, S, C), rows of ``rows`` holding, for
+# some factor k > 0: R = k (D - delta), S = -k D' (> 0) and C = k D'' (None in float32, where
+# the step is Newton's).
+FastResidual = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
 
 
-def w_step(residual: Residual) -> Callable[..., Tensor]:
-    """Returns the fast step for a divergence solved in w, from a table of logit(w) at the root.
+def w_step(fast_residual: FastResidual) -> Callable[..., Tensor]:
+    """Returns the final step for a divergence solved in w, from a table of log((1 - w) / w).
 
-    The start's w and 1 - w both come from the logit, each with full relative precision (the
-    lower bound is w, the upper one is built from 1 - w); the step moves them together.
+    The start's w and 1 - w both come from e = (1 - w) / w, each with full relative precision
+    (the lower bound is w, the upper one is built from 1 - w); the step moves them together.
     """
 
-    def step(
-        g: Tensor,
-        a: Tensor,
-        b: Tensor,
-        kappa: Tensor,
-        delta: float,
-        work: Tensor,
-        result: Tensor,
-        y: Tensor,
-    ) -> Tensor:
-        halley = a.dtype == torch.float64
-        limit = 700.0 if halley else 80.0
-        e, w, m, d = work[0], work[1], work[2], work[3]
-        e.copy_(g).clamp_(-limit, limit).neg_().exp_()
+    def step(g: Tensor, delta: float, s: Scratch, lower: Tensor, upper: Tensor) -> Tensor:
+        e, w, m, d = s.rows[:4]
+        torch.exp(g, out=e)
         torch.add(e, 1.0, out=w).reciprocal_()
         torch.mul(e, w, out=m)
-        torch.mul(kappa, m, out=d)
-        excess, d1, d2 = residual(w, m, e, d, a, b, kappa, work[4:], halley)
-        newton = excess.sub_(delta).div_(d1)
-        if d2 is not None:
-            # Halley: divide the Newton step by 1 - newton D'' / (2 D'); clamped so that a bad
-            # start cannot reverse or blow up the step (such a side is flagged anyway).
-            d2.mul_(newton).div_(d1).mul_(-0.5).add_(1.0).clamp_(min=0.5)
-            newton.div_(d2)
-        torch.add(m[0], newton[0], out=result[0])
-        torch.sub(w[1], newton[1], out=result[1])
+        torch.mul(s.kappa, m, out=d)
+        r, slope, curvature = fast_residual(delta, s, e, w, m, d, s.rows[4:])
+        r.div_(slope)  # minus the Newton step: w_new = w + r
+        if curvature is not None:
+            # Halley: divide the Newton step by 1 - newton D'' / (2 D') = 1 - r C / (2 S).
+            r.div_(curvature.mul_(r).div_(slope).mul_(-0.5).add_(1.0))
+        torch.sub(m[0], r[0], out=upper)
+        torch.add(w[1], r[1], out=lower)
         # The step relative to the distance to either end: w -> 0 is singular (log w).
-        return torch.abs(newton, out=d1).div_(torch.minimum(w, m, out=e))
+        scale = torch.minimum(w, m, out=slope)
+        return torch.div(r, scale, out=slope).abs_()
 
     return step
+
+
+# --- buffers -----------------------------------------------------------------------------------
+
+
+class Scratch:
+    """Buffers and row views for chunks of ``size`` tokens, made once and reused.
+
+    ``q`` holds (1-p, p, 1-p), so that a = (1-p, p) and b = (p, 1-p) are views; ``kappa``
+    is (odds, 1/odds) with odds = (1-p)/p. ``rows[k]`` are (2, M) work rows of the compute
+    dtype, ``top[k]`` / ``bottom[k]`` their upper and lower halves.
+    """
+
+    ROWS = 12
+
+    def __init__(self, size: int, dtype: torch.dtype, device: torch.device) -> None:
+        def empty(*shape: int, kind: torch.dtype = dtype) -> Tensor:
+            return torch.empty(*shape, dtype=kind, device=device)
+
+        self.size = size
+        self.q = empty(3, size)
+        self.a, self.b = self.q[0:2], self.q[1:3]
+        self.p1, self.p = self.q[0], self.q[1]
+        self.kappa = empty(2, size)
+        self.odds, self.inverse_odds = self.kappa[0], self.kappa[1]
+        self.inv_p = empty(size)
+        self.ones = torch.ones(size, dtype=dtype, device=device)
+        self.y = empty(2, size)
+        self.unsaturated = empty(2, size)
+        self.unsaturated_top, self.unsaturated_bottom = self.unsaturated[0], self.unsaturated[1]
+        self.rows = [empty(2, size) for _ in range(self.ROWS)]
+        self.top = [r[0] for r in self.rows]
+        self.bottom = [r[1] for r in self.rows]
+        self.u = empty(2, size, kind=torch.float32)
+        self.g = empty(2, size, kind=torch.float32)
+        self.frac = empty(2 * size, kind=torch.float32)
+        self.index = empty(2 * size, kind=torch.int64)
+        self.gathered = empty(2 * size, kind=torch.complex64)
+        self.pairs = torch.view_as_real(self.gathered)
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -325,20 +316,21 @@ class SideSolver:
 
     - ``saturation(delta)``: kappa_sat (a side saturates when kappa <= kappa_sat), or None.
     - ``table(delta)``: the start table (CPU), or None when (almost) every token saturates.
-    - ``coordinate(y, kappa, delta, out)``: the table coordinate, float32 (2, M), from
-      y = logit(a) = log kappa (compute dtype).
-    - ``step(g, a, b, kappa, delta, work, result, y)``: the final step (Halley in float64,
-      Newton in float32) from the table value g; writes (1 - w of the upper side, w of the
-      lower) into ``result`` and returns the step's size relative to the root's scale, (2, M):
-      a side whose value exceeds ``STEP_TOLERANCE`` (or is NaN) goes to the robust solver.
+    - ``coordinate(y, kappa, delta, table, scratch)``: the table coordinate in cell units,
+      float32 (2, M) in ``scratch.u``, from y = logit(a) = log kappa (compute dtype).
+    - ``step(g, delta, scratch, lower, upper)``: the final step (Halley in float64, Newton in
+      float32) from the table value g; writes the lower bound's w into ``lower`` and the upper
+      side's 1 - w into ``upper``, and returns the step's size relative to the root's scale,
+      (2, M): a side whose value exceeds ``STEP_TOLERANCE`` (or is NaN) goes to the robust
+      solver.
     - ``robust(a, b, kappa, delta)``: float64 (w, 1 - w) for flagged sides.
     """
 
     name: str
     saturation: Callable[[float], float | None]
     table: Callable[[float], StartTable | None]
-    coordinate: Callable[[Tensor, Tensor, float, Tensor], Tensor]
-    step: Callable[..., Tensor]
+    coordinate: Callable[[Tensor, Tensor, float, StartTable, Scratch], Tensor]
+    step: Callable[[Tensor, float, Scratch, Tensor, Tensor], Tensor]
     robust: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
 
 
@@ -347,10 +339,7 @@ def _device_table(solver: SideSolver, delta: float, device: torch.device) -> Sta
     table = solver.table(delta)
     if table is None or device.type == "cpu":
         return table
-    return StartTable(table.packed.to(device), table.x0, table.inv_h, table.cells)
-
-
-WORK_ROWS = 17
+    return StartTable(table.packed.to(device), table.x0, table.inv_h, table.cells, table.top)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -378,7 +367,7 @@ def solve(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tensor, Tenso
         spans = [(0, n)]
     else:
         starts = list(range(0, n, CHUNK))
-        workers = min(torch.get_num_threads(), len(starts))
+        workers = min(WORKERS or torch.get_num_threads(), len(starts))
         # Contiguous runs of chunks, one per worker.
         bounds = [starts[len(starts) * k // workers] for k in range(workers)] + [n]
         spans = list(itertools.pairwise(bounds))
@@ -411,26 +400,19 @@ def _solve_span(
     """Solves tokens [span) chunk by chunk; returns the indices left to the robust solver."""
     first, end = span
     chunk = CHUNK if logp.device.type == "cpu" else max(end - first, 1)
-    size = min(chunk, end - first)
-    # Buffers reused by every chunk; a chunk of m tokens views the first 2m of each row as (2, m).
-    work = logp.new_empty(WORK_ROWS, 2 * size)
-    work32 = logp.new_empty(2, 2 * size, dtype=torch.float32)
-    scratch32 = logp.new_empty(10 * size, dtype=torch.float32)  # the table lookup's, flat
-    index = torch.empty(2 * size, dtype=torch.int64, device=logp.device)
+    scratch: Scratch | None = None
     flagged = []
     for start in range(first, end, chunk):
         stop = min(start + chunk, end)
-        m = stop - start
+        if scratch is None or scratch.size != stop - start:
+            scratch = Scratch(stop - start, logp.dtype, logp.device)
         columns = _solve_chunk(
             solver,
             table,
             kappa_sat,
             logp[start:stop],
             delta,
-            work[:, : 2 * m].view(WORK_ROWS, 2, m),
-            work32[:, : 2 * m].view(2, 2, m),
-            scratch32[: 10 * m],
-            index[: 2 * m],
+            scratch,
             lower[start:stop],
             upper[start:stop],
         )
@@ -439,33 +421,52 @@ def _solve_span(
     return flagged
 
 
+def side_quantities(logp: Tensor, s: Scratch) -> None:
+    """Fills ``s.q`` (1-p, p, 1-p), ``s.kappa`` (odds, 1/odds) and ``s.inv_p`` from log p.
+
+    inv_p = exp(-log p) is the upper bound's exact cap; odds = expm1(-log p), clamped to the
+    smallest normal number (p = 1 keeps a finite 1/odds). p and 1 - p come from these two with
+    a relative error of an ulp or two, also where p rounds to 1.
+    """
+    tiny = torch.finfo(logp.dtype).tiny
+    torch.neg(logp, out=s.odds)
+    torch.exp(s.odds, out=s.inv_p)
+    s.odds.expm1_().clamp_(min=tiny)
+    torch.reciprocal(s.inv_p, out=s.p)
+    torch.mul(s.odds, s.p, out=s.p1)
+    s.q[2].copy_(s.p1)
+    torch.reciprocal(s.odds, out=s.inverse_odds)
+
+
 def _solve_chunk(
     solver: SideSolver,
     table: StartTable | None,
     kappa_sat: float | None,
     logp: Tensor,
     delta: float,
-    work: Tensor,
-    work32: Tensor,
-    scratch32: Tensor,
-    index: Tensor,
+    s: Scratch,
     lower: Tensor,
     upper: Tensor,
 ) -> Tensor | None:
     """Writes the chunk's bounds; returns the columns of tokens left to the robust solver."""
-    a, b, kappa, inv_p, odds = side_quantities(logp, work[:4])
+    side_quantities(logp, s)
     unsaturated = None
     if kappa_sat is not None:
-        unsaturated = torch.sub(kappa, kappa_sat, out=work[16]).mul_(BIG).clamp_(0.0, 1.0)
-    result = work[4]  # row 0: 1 - s on the upper side; row 1: r on the lower side
+        unsaturated = torch.sub(s.kappa, kappa_sat, out=s.unsaturated)
+        unsaturated.mul_(BIG).clamp_(0.0, 1.0)
     if table is None:
-        badness = torch.full_like(a, math.inf)
+        badness = torch.full_like(s.kappa, math.inf)
+        upper.zero_()
+        lower.zero_()
     else:
-        y = logit_coordinate(odds, work[5])
-        x = solver.coordinate(y, kappa, delta, work32[0])
-        g = table.lookup(x, work32[1], scratch32, index)
-        badness = solver.step(g, a, b, kappa, delta, work[6:16], result, y)
-    _write_bounds(result, unsaturated, odds, inv_p, lower, upper)
+        # y = logit(a) = (log odds, -log odds), in the compute dtype: float64 odds can lie
+        # beyond float32's range, and next to a saturation threshold y - y_sat needs y's digits.
+        torch.log(s.odds, out=s.y[0])
+        torch.neg(s.y[0], out=s.y[1])
+        u = solver.coordinate(s.y, s.kappa, delta, table, s)
+        g = table.lookup(u, s)
+        badness = solver.step(g, delta, s, lower, upper)
+    _write_bounds(s, unsaturated, lower, upper)
     if unsaturated is not None:
         badness.mul_(unsaturated)
     tolerance = STEP_TOLERANCE[logp.dtype]
@@ -478,26 +479,21 @@ def _solve_chunk(
     return columns if columns.numel() else None
 
 
-def _write_bounds(
-    result: Tensor,
-    unsaturated: Tensor | None,
-    odds: Tensor,
-    inv_p: Tensor,
-    lower: Tensor,
-    upper: Tensor,
-) -> None:
-    """Writes lower = w and upper = 1 + (1 - s) odds of the two sides, saturation and caps.
+def _write_bounds(s: Scratch, unsaturated: Tensor | None, lower: Tensor, upper: Tensor) -> None:
+    """Turns ``lower`` = w and ``upper`` = 1 - s into the bounds: saturation and caps.
 
-    A saturated upper side gets 1 - s >= 2, so that the cap makes it exactly inv_p.
+    The upper bound is 1 + (1 - s) odds. A saturated upper side gets 1 - s >= 2, so that the
+    cap makes it exactly inv_p; a saturated lower side gets 0. Without saturation (KL) the
+    step's results are in [0, 1] already.
     """
-    if unsaturated is None:
-        torch.clamp(result[1], 0.0, 1.0, out=lower)
-        torch.mul(result[0], odds, out=upper).add_(1.0)
-    else:
-        torch.mul(result[1], unsaturated[1], out=lower).clamp_(0.0, 1.0)
-        torch.mul(unsaturated[0], -2.0, out=upper).add_(2.0).add_(result[0])
-        upper.mul_(odds).add_(1.0)
-    torch.minimum(upper, inv_p, out=upper).clamp_(min=1.0)
+    if unsaturated is not None:
+        lower.mul_(s.unsaturated_bottom).clamp_(0.0, 1.0)
+        # max(1 - s, 2 (1 - unsaturated)): 2 on a saturated side, 1 - s untouched on the others
+        # (adding 2 and taking it away again would round 1 - s to 2's ulp).
+        floor = torch.mul(s.unsaturated_top, -2.0, out=s.top[0]).add_(2.0)
+        torch.maximum(upper, floor, out=upper)
+    torch.addcmul(s.ones, upper, s.odds, out=upper)
+    torch.minimum(upper, s.inv_p, out=upper)
 
 
 def robust_bounds(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
@@ -506,17 +502,18 @@ def robust_bounds(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tenso
     The caps and saturated ends are taken in the dtype of ``logp``, as on the fast path.
     """
     k = logp.shape[0]
-    a, b, kappa, _, _ = side_quantities(logp.double(), logp.new_empty(4, 2, k, dtype=torch.float64))
-    w, m = solver.robust(a.reshape(-1), b.reshape(-1), kappa.reshape(-1), delta)
-    buffer = logp.new_empty(5, 2, k)
-    _, _, kappa, inv_p, odds = side_quantities(logp, buffer[:4])
-    result = buffer[4]
-    result[0].copy_(m.view(2, k)[0])
-    result[1].copy_(w.view(2, k)[1])
+    wide = Scratch(k, torch.float64, logp.device)
+    side_quantities(logp.double(), wide)
+    w, m = solver.robust(wide.a.reshape(-1), wide.b.reshape(-1), wide.kappa.reshape(-1), delta)
+    s = Scratch(k, logp.dtype, logp.device)
+    side_quantities(logp, s)
+    lower, upper = torch.empty_like(logp), torch.empty_like(logp)
+    upper.copy_(m.view(2, k)[0])
+    lower.copy_(w.view(2, k)[1])
     kappa_sat = solver.saturation(delta)
     unsaturated = None
     if kappa_sat is not None:
-        unsaturated = torch.sub(kappa, kappa_sat).mul_(BIG).clamp_(0.0, 1.0)
-    lower, upper = torch.empty_like(logp), torch.empty_like(logp)
-    _write_bounds(result, unsaturated, odds, inv_p, lower, upper)
+        unsaturated = torch.sub(s.kappa, kappa_sat, out=s.unsaturated)
+        unsaturated.mul_(BIG).clamp_(0.0, 1.0)
+    _write_bounds(s, unsaturated, lower, upper)
     return lower, upper

@@ -1,4 +1,4 @@
-"""Band end points for reverse KL, KL(new || old), by one Halley step from a tabulated start.
+"""Band end points for reverse KL, KL(new || old), by one step from a tabulated start.
 
 One-sided form (see ``onesided``): with the generator f(u) = u log u - u + 1, whose linear part
 cancels between the two outcomes,
@@ -10,7 +10,7 @@ w' is close to 1 (log(1 + x) of a rounded 1 + x would lose the digits of a small
 
 D(0) = -log b = log1p(kappa), so a side saturates when kappa <= expm1(delta): the upper bound
 is exactly 1/p for p >= exp(-delta), the lower bound exactly 0 for 1 - p >= exp(-delta). The
-start table holds logit(w) at the root against log(y - y_sat), where y = logit(a): next to the
+start table holds log((1 - w) / w) at the root against log(y - y_sat), y = logit(a): next to the
 saturation threshold the root vanishes like d / log(1/d) in the distance d, smooth in log d.
 """
 
@@ -24,34 +24,36 @@ from torch import Tensor
 
 from band_ops import onesided
 
-Z_LOW = -18.5  # the table starts 1e-8 above the saturation threshold in y
+X_LOW = -18.5  # the table starts 1e-8 above the saturation threshold in y
 Y_TOP = 708.0  # y = logit(a) <= -log(smallest normal float64)
 
 
 def residual(
-    w: Tensor,
-    m: Tensor,
-    e: Tensor,
-    d: Tensor,
-    a: Tensor,
-    b: Tensor,
-    kappa: Tensor,
-    work: Tensor,
-    second: bool = True,
+    w: Tensor, m: Tensor, e: Tensor, d: Tensor, a: Tensor, b: Tensor, kappa: Tensor, second: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Returns (D, D', D'') at w; see ``onesided.Residual``. b w' = b + a m."""
-    log_w, log_wp, excess, d1, d2 = work[0], work[1], work[2], work[3], work[4]
-    torch.log1p(e, out=log_w).neg_()
+    """Returns (D, D', D'' if ``second``) at w; see ``onesided.Residual``. b w' = b + a m."""
+    log_w, log_wp = -torch.log1p(e), torch.log1p(d)
+    value = a * w * log_w + (b + a * m) * log_wp
+    slope = a * (log_w - log_wp)
+    return value, slope, a * (1 / w + kappa / (1 + d)) if second else None
+
+
+def fast_residual(
+    delta: float, s: onesided.Scratch, e: Tensor, w: Tensor, m: Tensor, d: Tensor, rows: list
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """In-place (D - delta, -D', D''); see ``onesided.FastResidual`` (k = 1)."""
+    minus_log_w, log_wp, slope, bwp, r = rows[:5]
+    torch.log1p(e, out=minus_log_w)
     torch.log1p(d, out=log_wp)
-    torch.sub(log_w, log_wp, out=d1).mul_(a)
-    torch.mul(w, log_w, out=excess).mul_(a)
-    torch.addcmul(b, a, m, out=d2)
-    excess.addcmul_(d2, log_wp)
-    if not second:
-        return excess, d1, None
-    torch.add(d, 1.0, out=d2)
-    torch.div(kappa, d2, out=d2).add_(torch.reciprocal(w, out=log_w)).mul_(a)
-    return excess, d1, d2
+    torch.add(minus_log_w, log_wp, out=slope).mul_(s.a)
+    torch.addcmul(s.b, s.a, m, out=bwp)  # b w'
+    torch.mul(w, minus_log_w, out=r).mul_(s.a).neg_()  # a w log w
+    r.addcmul_(bwp, log_wp).sub_(delta)
+    if s.q.dtype != torch.float64:
+        return r, slope, None
+    curvature = torch.add(d, 1.0, out=bwp)
+    torch.div(s.kappa, curvature, out=curvature).add_(torch.reciprocal(w, out=log_wp))
+    return r, slope, curvature.mul_(s.a)
 
 
 def saturation(delta: float) -> float:
@@ -66,13 +68,15 @@ def _threshold(delta: float) -> float:
 
 @functools.lru_cache(maxsize=32)
 def table(delta: float) -> onesided.StartTable | None:
-    """Returns the start table for ``delta``: logit(w) at the root against log(y - y_sat)."""
-    return onesided.logit_table(residual, delta, _threshold(delta), Z_LOW, Y_TOP)
+    """Returns the start table for ``delta`` (see ``onesided.logit_table``)."""
+    return onesided.logit_table(residual, delta, _threshold(delta), X_LOW, Y_TOP)
 
 
-def coordinate(y: Tensor, kappa: Tensor, delta: float, out: Tensor) -> Tensor:
-    """Writes log(y - y_sat) (the table clamps it) into ``out``."""
-    return onesided.log_distance(y, kappa, saturation(delta), Z_LOW, out)
+def coordinate(
+    y: Tensor, kappa: Tensor, delta: float, table: onesided.StartTable, s: onesided.Scratch
+) -> Tensor:
+    """Returns the table coordinate of y (see ``onesided.log_distance``), in ``s.u``."""
+    return onesided.log_distance(y, kappa, saturation(delta), table, s)
 
 
 SOLVER = onesided.SideSolver(
@@ -80,7 +84,7 @@ SOLVER = onesided.SideSolver(
     saturation=saturation,
     table=table,
     coordinate=coordinate,
-    step=onesided.w_step(residual),
+    step=onesided.w_step(fast_residual),
     robust=functools.partial(onesided.logit_sides, residual=residual),
 )
 
