@@ -107,17 +107,24 @@ def linear_table(values: Tensor, x0: float, h: float) -> StartTable:
 Residual = Callable[..., tuple[Tensor, Tensor, Tensor | None]]
 
 
-def robust_logit(residual: Residual, a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> Tensor:
+def robust_logit(
+    residual: Residual,
+    a: Tensor,
+    b: Tensor,
+    kappa: Tensor,
+    delta: float,
+    start: Tensor | None = None,
+) -> Tensor:
     """Returns l = logit(w) solving D(w) = delta, by safeguarded Newton on l, float64.
 
     The bracket starts at l in [-700, 700] (w from 1e-304 to 1 - 1e-304); a Newton step that
     leaves it is replaced by bisection. Iterating on the logit keeps w and 1 - w both to full
     relative precision. For an unsaturated side the root is in the bracket; a saturated one
-    comes out at the bracket's low end (the caller overrides it).
+    comes out at the bracket's low end (callers leave saturated sides out).
     """
     lo = torch.full_like(a, -700.0)
     hi = torch.full_like(a, 700.0)
-    ell = torch.zeros_like(a)
+    ell = torch.zeros_like(a) if start is None else start.clamp(-699.0, 699.0)
     eps = torch.finfo(torch.float64).eps
     for _ in range(ROBUST_ITERATIONS):
         e = torch.exp(-ell)
@@ -131,7 +138,8 @@ def robust_logit(residual: Residual, a: Tensor, b: Tensor, kappa: Tensor, delta:
         candidate = ell - excess / (slope_w * w * m)
         inside = (candidate > lo) & (candidate < hi)
         new = torch.where(inside, candidate, (lo + hi) / 2)
-        done = (new - ell).abs() <= 4 * eps * (1 + ell.abs())
+        resolution = 4 * eps * (1 + ell.abs())
+        done = ((new - ell).abs() <= resolution) | (hi - lo <= resolution)
         ell = new
         if bool(done.all()):
             break
@@ -139,10 +147,10 @@ def robust_logit(residual: Residual, a: Tensor, b: Tensor, kappa: Tensor, delta:
 
 
 def logit_sides(
-    a: Tensor, b: Tensor, kappa: Tensor, delta: float, residual: Residual
+    a: Tensor, b: Tensor, kappa: Tensor, delta: float, start: Tensor | None, residual: Residual
 ) -> tuple[Tensor, Tensor]:
-    """Returns (w, 1 - w) from ``robust_logit``, for flagged tokens."""
-    e = torch.exp(-robust_logit(residual, a, b, kappa, delta))
+    """Returns (w, 1 - w) from ``robust_logit``, for flagged sides; ``start``: -logit(w)."""
+    e = torch.exp(-robust_logit(residual, a, b, kappa, delta, None if start is None else -start))
     w = 1 / (1 + e)
     return w, e * w
 
@@ -226,8 +234,11 @@ def robust_kl(a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> Tensor:
     return t
 
 
-def kl_sides(a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    """Returns (w, 1 - w) from ``robust_kl``; w stops at twice the smallest normal number."""
+def kl_sides(
+    a: Tensor, b: Tensor, kappa: Tensor, delta: float, start: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Returns (w, 1 - w) from ``robust_kl`` (which needs no start); w stops at twice the
+    smallest normal number."""
     t = robust_kl(a, b, kappa, delta)
     tiny = torch.finfo(torch.float64).tiny
     return torch.exp(-t.clamp(max=-math.log(2 * tiny))), -torch.expm1(-t)
@@ -305,6 +316,13 @@ class Scratch:
         self.index = empty(2 * size, kind=torch.int64)
         self.gathered = empty(2 * size, kind=torch.complex64)
         self.pairs = torch.view_as_real(self.gathered)
+        self._constant: tuple[float, Tensor] | None = None
+
+    def constant(self, value: float) -> Tensor:
+        """Returns a (2, M) row filled with ``value`` (kept while the value stays the same)."""
+        if self._constant is None or self._constant[0] != value:
+            self._constant = (value, torch.full_like(self.y, value))
+        return self._constant[1]
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -323,7 +341,8 @@ class SideSolver:
       side's 1 - w into ``upper``, and returns the step's size relative to the root's scale,
       (2, M): a side whose value exceeds ``STEP_TOLERANCE`` (or is NaN) goes to the robust
       solver.
-    - ``robust(a, b, kappa, delta)``: float64 (w, 1 - w) for flagged sides.
+    - ``robust(a, b, kappa, delta, start)``: float64 (w, 1 - w) for flagged sides, from the
+      table's values ``start`` (float64, or None without a table).
     """
 
     name: str
@@ -331,7 +350,7 @@ class SideSolver:
     table: Callable[[float], StartTable | None]
     coordinate: Callable[[Tensor, Tensor, float, StartTable, Scratch], Tensor]
     step: Callable[[Tensor, float, Scratch, Tensor, Tensor], Tensor]
-    robust: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+    robust: Callable[[Tensor, Tensor, Tensor, float, Tensor | None], tuple[Tensor, Tensor]]
 
 
 @functools.lru_cache(maxsize=64)
@@ -497,20 +516,46 @@ def _write_bounds(s: Scratch, unsaturated: Tensor | None, lower: Tensor, upper: 
 
 
 def robust_bounds(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    """Returns (lower, upper) for log p (K,) from the robust float64 solver alone.
+    """Returns (lower, upper) for log p (K,) solved in float64: the fast path, then the robust
+    solver for the sides it still flags.
 
+    Most sides flagged in float32 only lacked float64's digits (next to a saturation
+    threshold the root depends on 1 - p to 1e-9); the bracketed solver is left for the rest.
     The caps and saturated ends are taken in the dtype of ``logp``, as on the fast path.
     """
     k = logp.shape[0]
+    table = _device_table(solver, delta, logp.device)
+    kappa_sat = solver.saturation(delta)
     wide = Scratch(k, torch.float64, logp.device)
     side_quantities(logp.double(), wide)
-    w, m = solver.robust(wide.a.reshape(-1), wide.b.reshape(-1), wide.kappa.reshape(-1), delta)
+    w = torch.zeros_like(wide.kappa)
+    m = torch.ones_like(wide.kappa)
+    flagged = torch.ones_like(wide.kappa, dtype=torch.bool)
+    start = None
+    if table is not None:
+        torch.log(wide.odds, out=wide.y[0])
+        torch.neg(wide.y[0], out=wide.y[1])
+        g = table.lookup(solver.coordinate(wide.y, wide.kappa, delta, table, wide), wide)
+        start = g.double()
+        badness = solver.step(g, delta, wide, w[1], m[0])
+        # The step writes what the bounds use: 1 - w of the upper side, w of the lower.
+        flagged = badness.le(STEP_TOLERANCE[torch.float64]).logical_not_()
+    if kappa_sat is not None:
+        flagged &= wide.kappa > kappa_sat  # saturated sides have no root (their ends are set)
+    if bool(flagged.any()):
+        w_fix, m_fix = solver.robust(
+            wide.a[flagged],
+            wide.b[flagged],
+            wide.kappa[flagged],
+            delta,
+            None if start is None else start[flagged],
+        )
+        w[flagged], m[flagged] = w_fix, m_fix
     s = Scratch(k, logp.dtype, logp.device)
     side_quantities(logp, s)
     lower, upper = torch.empty_like(logp), torch.empty_like(logp)
-    upper.copy_(m.view(2, k)[0])
-    lower.copy_(w.view(2, k)[1])
-    kappa_sat = solver.saturation(delta)
+    upper.copy_(m[0])
+    lower.copy_(w[1])
     unsaturated = None
     if kappa_sat is not None:
         unsaturated = torch.sub(s.kappa, kappa_sat, out=s.unsaturated)
