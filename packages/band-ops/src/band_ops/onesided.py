@@ -213,6 +213,9 @@ def log_distance(
     return x.sub_(table.x0).mul_(table.inv_h)
 
 
+T_MAX = 1e300
+
+
 def robust_kl(a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> Tensor:
     """Returns t = -log w for KL, by Newton on t from the asymptote, float64.
 
@@ -222,14 +225,16 @@ def robust_kl(a: Tensor, b: Tensor, kappa: Tensor, delta: float) -> Tensor:
     """
     eps = torch.finfo(torch.float64).eps
     t_cap = -math.log(eps) + 4.0
-    t = (delta - b * torch.log(b)) / a
+    # A root beyond T_MAX (a tiny, delta large) may exceed float64's range; there w = 0 and
+    # 1 - w = 1 whatever t is, so t stops at T_MAX.
+    t = ((delta - b * torch.log(b)) / a).clamp(max=T_MAX)
     for _ in range(ROBUST_ITERATIONS):
         m = -torch.expm1(-t.clamp(max=t_cap))
         excess = a * t - b * torch.log1p(kappa * m) - delta
         slope = a * m / (b + a * m)
         step = excess / slope
-        t = t - step
-        if bool((step.abs() <= 16 * eps * t).all()):
+        t = (t - step).clamp(max=T_MAX)
+        if bool(((step.abs() <= 16 * eps * t) | (t >= T_MAX)).all()):
             break
     return t
 
@@ -560,5 +565,10 @@ def robust_bounds(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tenso
     if kappa_sat is not None:
         unsaturated = torch.sub(s.kappa, kappa_sat, out=s.unsaturated)
         unsaturated.mul_(BIG).clamp_(0.0, 1.0)
+    else:
+        # As on the fast path, a lower bound never saturating stops at twice the smallest
+        # normal number of the output dtype (float64's would round to 0 in float32).
+        floor = torch.tensor(math.log(2 * torch.finfo(logp.dtype).tiny), dtype=logp.dtype).exp()
+        lower.clamp_(min=float(floor))  # the fast path's exp(-u_cap), to the bit
     _write_bounds(s, unsaturated, lower, upper)
     return lower, upper

@@ -57,13 +57,13 @@ def fast_residual(
 
 
 def saturation(delta: float) -> float:
-    """Returns kappa_sat = expm1(delta): D(0) = log1p(kappa)."""
-    return math.expm1(delta)
+    """Returns kappa_sat = expm1(delta): D(0) = log1p(kappa); inf beyond float64's range."""
+    return math.expm1(delta) if delta < 709.0 else math.inf
 
 
 def _threshold(delta: float) -> float:
-    """Returns y_sat = log kappa_sat."""
-    return math.log(math.expm1(delta))
+    """Returns y_sat = log kappa_sat (log expm1(delta) ~ delta where expm1 would overflow)."""
+    return math.log(math.expm1(delta)) if delta < 709.0 else delta
 
 
 @functools.lru_cache(maxsize=32)
