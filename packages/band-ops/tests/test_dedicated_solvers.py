@@ -9,6 +9,8 @@ is cut into chunks or spread over threads.
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import mp_reference
 import pytest
@@ -193,3 +195,30 @@ def test_cuda_matches_cpu(name):
     gpu = band_ops.ratio_bounds(logp.cuda(), divergence=name, delta=0.05)
     for a, b in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_thread_pool(monkeypatch):
+    # The parent's pool threads do not exist in a forked child; reusing the pool would hang.
+    monkeypatch.setattr(onesided, "CHUNK", 64)
+    monkeypatch.setattr(onesided, "WORKERS", 2)
+    logp = -12 * torch.rand(1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    want = band_ops.ratio_bounds(logp, divergence="js", delta=0.05)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: exit code 0 only if the bounds come back, and right
+        try:
+            got = band_ops.ratio_bounds(logp, divergence="js", delta=0.05)
+            ok = all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    waited = 0.0
+    while waited < 60 and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        time.sleep(0.1)
+        waited += 0.1
+    if waited >= 60:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1", "the child's bounds did not come back within 60 s"

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,8 +69,9 @@ BIG = 1e30
 class StartTable:
     """A start value G(x) on uniform cells of a coordinate x, interpolated linearly in float32.
 
-    ``packed`` is (cells,) complex64: per cell the value at its left end and its slope per
-    cell, fetched by one gather. Coordinates are given in cell units, u = (x - x0) / h.
+    ``packed`` is (cells,) int64, each the bits of two float32: the value at the cell's left
+    end and its slope per cell, fetched by one gather (any device gathers int64). Coordinates
+    are given in cell units, u = (x - x0) / h.
     """
 
     packed: Tensor
@@ -92,7 +94,7 @@ def linear_table(values: Tensor, x0: float, h: float) -> StartTable:
     """Returns the table interpolating ``values`` at x0 + h k, k = 0 .. cells."""
     value = values[:-1].to(torch.float32)
     slope = (values[1:] - values[:-1]).to(torch.float32)
-    packed = torch.view_as_complex(torch.stack((value, slope), dim=1).contiguous())
+    packed = torch.stack((value, slope), dim=1).contiguous().view(torch.int64).view(-1)
     cells = packed.shape[0]
     top = torch.nextafter(torch.tensor(float(cells)), torch.tensor(0.0)).item()
     return StartTable(packed, x0, 1.0 / h, cells, top)
@@ -319,8 +321,8 @@ class Scratch:
         self.g = empty(2, size, kind=torch.float32)
         self.frac = empty(2 * size, kind=torch.float32)
         self.index = empty(2 * size, kind=torch.int64)
-        self.gathered = empty(2 * size, kind=torch.complex64)
-        self.pairs = torch.view_as_real(self.gathered)
+        self.gathered = empty(2 * size, kind=torch.int64)
+        self.pairs = self.gathered.view(torch.float32).view(2 * size, 2)
         self._constant: tuple[float, Tensor] | None = None
 
     def constant(self, value: float) -> Tensor:
@@ -366,19 +368,24 @@ def _device_table(solver: SideSolver, delta: float, device: torch.device) -> Sta
     return StartTable(table.packed.to(device), table.x0, table.inv_h, table.cells, table.top)
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """Returns the module's thread pool, grown to at least ``workers`` threads."""
+    """Returns the module's thread pool with at least ``workers`` threads.
+
+    A forked child gets a new one: the parent's threads do not exist there, and work sent to
+    them would wait forever.
+    """
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            old, _POOL = _POOL, ThreadPoolExecutor(workers, thread_name_prefix="band_ops")
-            if old is not None:
-                old.shutdown(wait=False)
-        return _POOL
+        pid = os.getpid()
+        if _POOL is None or _POOL[0] != pid or _POOL[1] < workers:
+            if _POOL is not None and _POOL[0] == pid:
+                _POOL[2].shutdown(wait=False)
+            _POOL = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="band_ops"))
+        return _POOL[2]
 
 
 def solve(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tensor, Tensor]:
