@@ -29,7 +29,8 @@ Speed (CPU). The per-token work is a few transcendental functions and about 40 e
 operations, in place on buffers reused across chunks of ``CHUNK`` tokens. At that size every
 operation runs on the calling thread (below torch's grain size), so no operation waits at an
 OpenMP barrier, which on a loaded machine costs more than the operation; the chunks are spread
-over a small thread pool instead. The row views are made once per chunk size: per call,
+over the calling thread and a small thread pool, one at a time (a thread the machine
+deschedules takes fewer). The row views are made once per chunk size: per call,
 dispatch costs about as much as the arithmetic. Comparisons, masks and ``masked_fill`` cost
 several times an arithmetic operation, so saturation and the check are arithmetic, and a chunk
 builds a mask only when its largest step is too large.
@@ -38,7 +39,6 @@ builds a mask only when its largest step is too large.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 import threading
@@ -394,22 +394,27 @@ def solve(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tensor, Tenso
     lower, upper = torch.empty_like(logp), torch.empty_like(logp)
     table = _device_table(solver, delta, logp.device)
     kappa_sat = solver.saturation(delta)
-    if logp.device.type != "cpu":
-        spans = [(0, n)]
-    else:
-        starts = list(range(0, n, CHUNK))
-        workers = min(WORKERS or torch.get_num_threads(), len(starts))
-        # Contiguous runs of chunks, one per worker.
-        bounds = [starts[len(starts) * k // workers] for k in range(workers)] + [n]
-        spans = list(itertools.pairwise(bounds))
+    chunk = CHUNK if logp.device.type == "cpu" else max(n, 1)
+    starts = range(0, n, chunk)
+    workers = min(WORKERS or torch.get_num_threads(), len(starts))
+    # Chunks are handed out one at a time: a thread that the machine deschedules takes fewer
+    # of them instead of holding up the call with a fixed share.
+    pending, lock = iter(starts), threading.Lock()
 
-    def run(span: tuple[int, int]) -> list[Tensor]:
-        return _solve_span(solver, table, kappa_sat, logp, delta, span, lower, upper)
+    def claim() -> int:
+        with lock:
+            return next(pending)
 
-    if len(spans) == 1:
-        flagged = run(spans[0])
+    def run() -> list[Tensor]:
+        return _solve_chunks(solver, table, kappa_sat, logp, delta, claim, chunk, lower, upper)
+
+    if workers <= 1 or logp.device.type != "cpu":
+        flagged = run()
     else:
-        flagged = [c for part in _pool(len(spans)).map(run, spans) for c in part]
+        helpers = [_pool(workers - 1).submit(run) for _ in range(workers - 1)]
+        flagged = run()  # the calling thread works too
+        for helper in helpers:
+            flagged += helper.result()
     if flagged:
         # Solved once for the whole batch: the robust solver's per-iteration overhead would
         # otherwise be paid in every chunk.
@@ -418,23 +423,28 @@ def solve(solver: SideSolver, logp: Tensor, delta: float) -> tuple[Tensor, Tenso
     return lower, upper
 
 
-def _solve_span(
+def _solve_chunks(
     solver: SideSolver,
     table: StartTable | None,
     kappa_sat: float | None,
     logp: Tensor,
     delta: float,
-    span: tuple[int, int],
+    claim: Callable[[], int],
+    chunk: int,
     lower: Tensor,
     upper: Tensor,
 ) -> list[Tensor]:
-    """Solves tokens [span) chunk by chunk; returns the indices left to the robust solver."""
-    first, end = span
-    chunk = CHUNK if logp.device.type == "cpu" else max(end - first, 1)
+    """Solves the chunks it claims until none is left; returns the tokens left to the robust
+    solver."""
+    n = logp.shape[0]
     scratch: Scratch | None = None
-    flagged = []
-    for start in range(first, end, chunk):
-        stop = min(start + chunk, end)
+    flagged: list[Tensor] = []
+    while True:
+        try:
+            start = claim()
+        except StopIteration:
+            return flagged
+        stop = min(start + chunk, n)
         if scratch is None or scratch.size != stop - start:
             scratch = Scratch(stop - start, logp.dtype, logp.device)
         columns = _solve_chunk(
@@ -449,7 +459,6 @@ def _solve_span(
         )
         if columns is not None:
             flagged.append(columns + start)
-    return flagged
 
 
 def side_quantities(logp: Tensor, s: Scratch) -> None:
