@@ -102,7 +102,7 @@ def _threshold(delta: float) -> float:
     return math.inf if math.isinf(kappa_sat) else math.log(kappa_sat)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def table(delta: float) -> onesided.StartTable | None:
     """Returns the start table for ``delta`` (see ``onesided.logit_table``)."""
     return onesided.logit_table(residual, delta, _threshold(delta), X_LOW, Y_TOP)

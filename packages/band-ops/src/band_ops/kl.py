@@ -29,7 +29,7 @@ from band_ops import onesided
 Y_LOW, Y_TOP = -90.0, 40.0
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def table(delta: float) -> onesided.StartTable:
     """Returns the start table for ``delta``: log t at the root against y = logit(a)."""
     cells = round((Y_TOP - Y_LOW) / onesided.CELL)

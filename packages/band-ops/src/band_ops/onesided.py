@@ -60,6 +60,7 @@ STEP_TOLERANCE = {torch.float64: 2e-5, torch.float32: 3e-4}
 # Cells of the start tables: linear interpolation on this spacing is good to about 1e-6.
 CELL = 1.0 / 256
 ROBUST_ITERATIONS = 200
+COARSE = 32  # table nodes per node solved from scratch when a table is built
 # Saturation as arithmetic: clamp((kappa - kappa_sat) * BIG, 0, 1) is 0 on saturated sides and
 # 1 on the others (but for kappa within 1e-30 of the threshold, where the root is 0 anyway).
 BIG = 1e30
@@ -116,18 +117,25 @@ def robust_logit(
     kappa: Tensor,
     delta: float,
     start: Tensor | None = None,
+    rtol: float | None = None,
 ) -> Tensor:
     """Returns l = logit(w) solving D(w) = delta, by safeguarded Newton on l, float64.
 
     The bracket starts at l in [-700, 700] (w from 1e-304 to 1 - 1e-304); a Newton step that
     leaves it is replaced by bisection. Iterating on the logit keeps w and 1 - w both to full
     relative precision. For an unsaturated side the root is in the bracket; a saturated one
-    comes out at the bracket's low end (callers leave saturated sides out).
+    comes out at the bracket's low end (callers leave saturated sides out). A side stops once
+    its Newton step is below ``rtol`` (1 + |l|) (default 4 eps), or small and no longer
+    shrinking: next to a saturation threshold l is only determined to about
+    eps delta / (D' w (1 - w)), far above eps.
     """
+    eps = torch.finfo(torch.float64).eps
+    rtol = 4 * eps if rtol is None else rtol
     lo = torch.full_like(a, -700.0)
     hi = torch.full_like(a, 700.0)
     ell = torch.zeros_like(a) if start is None else start.clamp(-699.0, 699.0)
-    eps = torch.finfo(torch.float64).eps
+    previous = torch.full_like(a, math.inf)
+    finished = torch.zeros_like(a, dtype=torch.bool)
     for _ in range(ROBUST_ITERATIONS):
         e = torch.exp(-ell)
         w = 1 / (1 + e)
@@ -137,13 +145,19 @@ def robust_logit(
         outside = excess > 0  # D > delta: w below the root
         lo = torch.where(outside, ell, lo)
         hi = torch.where(outside, hi, ell)
-        candidate = ell - excess / (slope_w * w * m)
-        inside = (candidate > lo) & (candidate < hi)
-        new = torch.where(inside, candidate, (lo + hi) / 2)
-        resolution = 4 * eps * (1 + ell.abs())
-        done = ((new - ell).abs() <= resolution) | (hi - lo <= resolution)
-        ell = new
-        if bool(done.all()):
+        step = excess / (slope_w * w * m)
+        candidate = ell - step
+        # Judged before the bracket test: at the root the candidate equals an end of it.
+        size = step.abs()
+        scale = 1 + ell.abs()
+        done = (size <= rtol * scale) | ((size <= 1e-6 * scale) & (size >= previous / 2))
+        done |= hi - lo <= rtol * scale
+        previous = size
+        inside = (candidate >= lo) & (candidate <= hi)
+        new = torch.where(inside | done, candidate, (lo + hi) / 2)
+        ell = torch.where(finished, ell, new)  # a finished side keeps its value
+        finished |= done
+        if bool(finished.all()):
             break
     return ell
 
@@ -192,7 +206,16 @@ def logit_table(
     x = x_low + h * torch.arange(cells + 1, dtype=torch.float64)
     y = (y_sat + _distance(x)).clamp_(max=y_top)
     a, b, kappa = torch.sigmoid(y), torch.sigmoid(-y), torch.exp(y)
-    ell = robust_logit(residual, a, b, kappa, delta)
+    # Coarse to fine: every COARSE-th node from scratch, the others from their interpolation
+    # (a few Newton steps instead of a bracket search each).
+    coarse = torch.arange(0, cells + COARSE, COARSE).clamp_(max=cells)
+    # The table only seeds a step per token: 1e-10 is plenty.
+    rough = robust_logit(residual, a[coarse], b[coarse], kappa[coarse], delta, rtol=1e-10)
+    position = torch.arange(cells + 1, dtype=torch.float64) / COARSE
+    left = position.long().clamp_(max=len(coarse) - 2)
+    frac = (x - x[coarse[left]]) / (x[coarse[left + 1]] - x[coarse[left]])
+    start = torch.lerp(rough[left], rough[left + 1], frac)
+    ell = robust_logit(residual, a, b, kappa, delta, start, rtol=1e-10)
     # Bounded so that exp(G) stays finite in float32; such roots are flagged and solved again.
     return linear_table((-ell).clamp_(-80.0, 80.0), x_low, h)
 
@@ -360,7 +383,7 @@ class SideSolver:
     robust: Callable[[Tensor, Tensor, Tensor, float, Tensor | None], tuple[Tensor, Tensor]]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _device_table(solver: SideSolver, delta: float, device: torch.device) -> StartTable | None:
     table = solver.table(delta)
     if table is None or device.type == "cpu":

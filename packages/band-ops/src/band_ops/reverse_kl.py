@@ -66,7 +66,7 @@ def _threshold(delta: float) -> float:
     return math.log(math.expm1(delta)) if delta < 709.0 else delta
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def table(delta: float) -> onesided.StartTable | None:
     """Returns the start table for ``delta`` (see ``onesided.logit_table``)."""
     return onesided.logit_table(residual, delta, _threshold(delta), X_LOW, Y_TOP)
