@@ -1,4 +1,4 @@
-"""Band end points for Jensen-Shannon (natural log), by one Halley step from a tabulated start.
+"""Band end points for Jensen-Shannon (natural log), by one step from a tabulated start.
 
 One-sided form (see ``onesided``) with f(u) = (u log u - (1 + u) log((1 + u) / 2)) / 2, written
 as f(u) = (u g(u) - h(u)) / 2 with g(u) = log(2u / (1 + u)) = 2 f'(u) and h(u) = log((1 + u) / 2):
@@ -23,8 +23,8 @@ from torch import Tensor
 
 from band_ops import onesided
 
-X_LOW = -18.5
-Y_TOP = 708.0
+X_LOW = -18.5  # the table starts 1e-8 above the saturation threshold in y
+Y_TOP = 708.0  # y = logit(a) <= -log(smallest normal float64)
 LN2 = math.log(2.0)
 
 

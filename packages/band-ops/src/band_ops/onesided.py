@@ -103,7 +103,7 @@ def linear_table(values: Tensor, x0: float, h: float) -> StartTable:
 
 # --- the robust solver (float64), used for the tables and for flagged tokens ---------------------
 
-# residual(w, m, e, d, a, b, kappa, second) -> (D - 0, dD/dw, d2D/dw2 or None): at w with
+# residual(w, m, e, d, a, b, kappa, second) -> (D, dD/dw, d2D/dw2 or None): at w with
 # m = 1 - w, e = m / w and d = w' - 1 = kappa m, which let every logarithm be a log1p of a
 # precise argument (log w = -log1p(e), log w' = log1p(d)). Allocating; the fast path has its
 # own in-place version of each divergence.
