@@ -161,6 +161,7 @@ def test_delta_beyond_every_threshold_saturates_every_side(name, delta):
     logp = torch.log(torch.tensor([1e-300, 1e-8, 0.3, 0.5, 1 - 1e-12], dtype=torch.float64))
     lower, upper = band_ops.ratio_bounds(logp, divergence=name, delta=delta)
     assert torch.equal(lower, torch.zeros_like(lower))
+    assert not torch.signbit(lower).any()  # +0.0, not -0.0 (which prints as -0.000)
     assert torch.equal(upper, torch.exp(-logp))
 
 
@@ -222,3 +223,13 @@ def test_a_forked_child_gets_its_own_thread_pool(monkeypatch):
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1", "the child's bounds did not come back within 60 s"
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "js"])
+def test_saturated_lower_bounds_are_plus_zero(name):
+    # The step's value on a saturated side is discarded by multiplying with 0; a negative one
+    # would leave -0.0 (printed -0.000 by band-ops-demo).
+    logp = torch.log(torch.tensor([0.001, 0.01], dtype=torch.float64))
+    lower, _ = band_ops.ratio_bounds(logp, divergence=name, delta=0.05)
+    assert torch.equal(lower, torch.zeros_like(lower))
+    assert not torch.signbit(lower).any()

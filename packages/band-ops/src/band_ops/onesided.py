@@ -550,7 +550,8 @@ def _write_bounds(s: Scratch, unsaturated: Tensor | None, lower: Tensor, upper: 
     step's results are in [0, 1] already.
     """
     if unsaturated is not None:
-        lower.mul_(s.unsaturated_bottom).clamp_(0.0, 1.0)
+        # Clamped first: w * 0 of a negative w would be -0.0, which a clamp keeps.
+        lower.clamp_(0.0, 1.0).mul_(s.unsaturated_bottom)
         # max(1 - s, 2 (1 - unsaturated)): 2 on a saturated side, 1 - s untouched on the others
         # (adding 2 and taking it away again would round 1 - s to 2's ulp).
         floor = torch.mul(s.unsaturated_top, -2.0, out=s.top[0]).add_(2.0)
