@@ -18,7 +18,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import DIGITS_REWARD, tiny_config
 
-from rl_trainer.collectives import reduce_scalars
+from rl_trainer.collectives import end_process_group, reduce_scalars
 from rl_trainer.trainer import GRPOTrainer
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     if acc.is_main_process:
         torch.save(gathered, out / "result.pt")
     acc.wait_for_everyone()
-    acc.end_training()
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from rl_trainer.checkpoint import (
     resolve_resume_everywhere,
     save_checkpoint,
 )
+from rl_trainer.collectives import end_process_group
 
 
 def outcome(call: Any) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def main() -> None:
     )
     (base / f"result-{rank}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     acc.wait_for_everyone()
-    acc.end_training()  # destroys the process group: gloo aborts at exit when it is left alive
+    end_process_group()  # see its docstring: gloo can abort at exit without it
 
 
 if __name__ == "__main__":

@@ -31,14 +31,18 @@ max_steps (optimiser steps).
 
 
 def end_process_group() -> None:
-    """Returns after destroying torch.distributed's process group, if one was started.
+    """Returns after ending torch.distributed's process group, if one was started.
 
     Under ``accelerate launch`` a process that exits with its gloo group alive can abort
-    ("terminate called without an active exception") and fail the launch after a good run.
+    ("terminate called without an active exception") and fail the launch after a good run;
+    ``rl_trainer.collectives.end_process_group`` says why and prevents it. Nothing is imported
+    when no group was started (a config error stops before the training stack is loaded).
     """
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.destroy_process_group()
+        from rl_trainer.collectives import end_process_group as end_group
+
+        end_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

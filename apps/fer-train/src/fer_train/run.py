@@ -210,6 +210,10 @@ def run(cfg: AppConfig) -> dict[str, Any] | None:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+            # DDP keeps gloo's worker threads alive past the destroy; one still releasing its
+            # last collective's tensors needs the GIL, and if the interpreter is shutting down
+            # by then the process aborts after a good run. Hand them the GIL while Python lives.
+            time.sleep(0.05)
     return metrics
 
 

@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_layers.to_yaml(config), end="")
         return 0
 
+    from rl_trainer.collectives import end_process_group
     from rl_trainer.trainer import GRPOTrainer
     from rl_trainer.vllm_client import VllmServerError
 
@@ -125,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VllmServerError as err:
         print(f"rl-trainer: {err}", file=sys.stderr)
         return 1
+    finally:
+        end_process_group()
     if trainer.accelerator.is_main_process:
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2, default=str))
     return 0

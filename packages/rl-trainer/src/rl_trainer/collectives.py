@@ -70,4 +70,29 @@ def gather_tensor(t: Tensor, accelerator: Accelerator | PartialState | None = No
     return gather(t)
 
 
-__all__ = ["REDUCE_OPS", "ReduceOp", "gather_tensor", "reduce_scalars"]
+def end_process_group(settle_s: float = 0.05) -> bool:
+    """Destroys torch.distributed's process group, if one was started; returns whether it was.
+
+    Call it last, on every process, once no collective is left to run. Destroying the group
+    is not enough for gloo: a model wrapped in DistributedDataParallel keeps the group's worker
+    threads alive, and a worker thread still releasing the tensors of its last collective
+    needs the GIL. If the interpreter is already shutting down by then, the thread is stopped
+    in the middle of a C++ destructor and the process aborts ("terminate called without an
+    active exception", exit status -6) after a good run. So the main thread then sleeps
+    ``settle_s`` seconds, which hands the GIL to those threads while Python is still alive.
+    Does nothing (and does not import torch.distributed) when no group was started.
+    """
+    import sys
+    import time
+
+    if not settle_s >= 0:
+        raise ValueError(f"end_process_group: settle_s must be >= 0 seconds, got {settle_s!r}")
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return False
+    distributed.destroy_process_group()
+    time.sleep(settle_s)
+    return True
+
+
+__all__ = ["REDUCE_OPS", "ReduceOp", "end_process_group", "gather_tensor", "reduce_scalars"]
