@@ -299,7 +299,7 @@ def test_small_e2capsnet_learns_the_synthetic_faces(tmp_path: Path) -> None:
 
 
 DDP_SCRIPT = """
-import hashlib, json, sys
+import hashlib, json, sys, time
 import torch.distributed as dist
 from capsnet_model.synthetic import SyntheticFaces
 from capsnet_model.training import TrainConfig, train
@@ -314,6 +314,9 @@ summary = {"test_samples": result.test.num_samples, "test_accuracy": result.test
 with open(f"{out}/rank{dist.get_rank()}.json", "w") as handle:
     json.dump(summary, handle)
 dist.destroy_process_group()
+# DDP keeps gloo's threads alive past the destroy; give them the GIL to release their last
+# tensors before the interpreter shuts down, or a process can abort after a good run.
+time.sleep(0.05)
 """
 
 
