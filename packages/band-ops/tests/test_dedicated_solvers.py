@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 
 import mp_reference
@@ -233,3 +234,51 @@ def test_saturated_lower_bounds_are_plus_zero(name):
     lower, _ = band_ops.ratio_bounds(logp, divergence=name, delta=0.05)
     assert torch.equal(lower, torch.zeros_like(lower))
     assert not torch.signbit(lower).any()
+
+
+def _thread_counts() -> list[int]:
+    """Returns the calling thread's per-thread counts that ``serial_operations`` manages."""
+    counts = []
+    for swap in onesided._thread_settings():
+        value = swap(1)
+        swap(value)
+        counts.append(value)
+    return counts
+
+
+@pytest.mark.skipif(
+    not onesided._thread_settings(),
+    reason="no OpenMP runtime or MKL found to set per-thread counts on (nothing to check)",
+)
+def test_serial_operations_sets_only_the_calling_thread_and_restores_it():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # also on a 1-core machine: the setting is what is checked
+    try:
+        _check_serial_operations()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _in_another_thread() -> list[int]:
+    seen: list[list[int]] = []
+    other = threading.Thread(target=lambda: seen.append(_thread_counts()))
+    other.start()
+    other.join()
+    return seen[0]
+
+
+def _check_serial_operations() -> None:
+    before, elsewhere = _thread_counts(), _in_another_thread()
+    with onesided.serial_operations():
+        assert torch.get_num_threads() == 1
+        assert _thread_counts() == [1] * len(before)
+        assert _in_another_thread() == elsewhere  # other threads keep theirs
+    assert torch.get_num_threads() == 2
+    assert _thread_counts() == before
+
+
+def test_serial_operations_restores_the_counts_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"), onesided.serial_operations():
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
