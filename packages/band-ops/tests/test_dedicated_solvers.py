@@ -8,6 +8,7 @@ is cut into chunks or spread over threads.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -282,3 +283,19 @@ def test_serial_operations_restores_the_counts_after_an_error():
     with pytest.raises(RuntimeError, match="inside"), onesided.serial_operations():
         raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_results_do_not_depend_on_serial_operations(name, monkeypatch):
+    # Element-wise operations give the same bits on one thread as split over several.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        logp = -12 * torch.rand(40_000, generator=torch.Generator().manual_seed(8))
+        serial = band_ops.ratio_bounds(logp, divergence=name, delta=0.05)
+        monkeypatch.setattr(onesided, "serial_operations", contextlib.nullcontext)
+        split = band_ops.ratio_bounds(logp, divergence=name, delta=0.05)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(serial, split, strict=True):
+        assert torch.equal(a, b)
