@@ -102,26 +102,14 @@ def _threshold(delta: float) -> float:
     return math.inf if math.isinf(kappa_sat) else math.log(kappa_sat)
 
 
-@functools.lru_cache(maxsize=8)
-def table(delta: float) -> onesided.StartTable | None:
-    """Returns the start table for ``delta`` (see ``onesided.logit_table``)."""
-    return onesided.logit_table(residual, delta, _threshold(delta), X_LOW, Y_TOP)
-
-
-def coordinate(
-    y: Tensor, kappa: Tensor, delta: float, table: onesided.StartTable, s: onesided.Scratch
-) -> Tensor:
-    """Returns the table coordinate of y (see ``onesided.log_distance``), in ``s.u``."""
-    return onesided.log_distance(y, kappa, saturation(delta), table, s)
-
-
-SOLVER = onesided.SideSolver(
-    name="js",
+SOLVER = onesided.w_solver(
+    "js",
+    residual=residual,
+    fast_residual=fast_residual,
     saturation=saturation,
-    table=table,
-    coordinate=coordinate,
-    step=onesided.w_step(fast_residual),
-    robust=functools.partial(onesided.logit_sides, residual=residual),
+    threshold=_threshold,
+    x_low=X_LOW,
+    y_top=Y_TOP,
 )
 
 

@@ -312,6 +312,40 @@ def w_step(fast_residual: FastResidual) -> Callable[..., Tensor]:
     return step
 
 
+def w_solver(
+    name: str,
+    *,
+    residual: Residual,
+    fast_residual: FastResidual,
+    saturation: Callable[[float], float],
+    threshold: Callable[[float], float],
+    x_low: float,
+    y_top: float,
+) -> SideSolver:
+    """Returns the solver of a divergence solved in w, from a table of -logit(w) at the root
+    against the distance to the saturation threshold (``logit_table``, ``log_distance``).
+
+    ``saturation(delta)`` is kappa_sat and ``threshold(delta)`` its logarithm y_sat (given on
+    its own: it stays finite where kappa_sat overflows); the table spans x_low to y = y_top.
+    """
+
+    @functools.lru_cache(maxsize=8)
+    def table(delta: float) -> StartTable | None:
+        return logit_table(residual, delta, threshold(delta), x_low, y_top)
+
+    def coordinate(y: Tensor, kappa: Tensor, delta: float, table: StartTable, s: Scratch) -> Tensor:
+        return log_distance(y, kappa, saturation(delta), table, s)
+
+    return SideSolver(
+        name=name,
+        saturation=saturation,
+        table=table,
+        coordinate=coordinate,
+        step=w_step(fast_residual),
+        robust=functools.partial(logit_sides, residual=residual),
+    )
+
+
 # --- buffers -----------------------------------------------------------------------------------
 
 

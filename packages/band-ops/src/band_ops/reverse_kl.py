@@ -16,7 +16,6 @@ saturation threshold the root vanishes like d / log(1/d) in the distance d, smoo
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -66,26 +65,14 @@ def _threshold(delta: float) -> float:
     return math.log(math.expm1(delta)) if delta < 709.0 else delta
 
 
-@functools.lru_cache(maxsize=8)
-def table(delta: float) -> onesided.StartTable | None:
-    """Returns the start table for ``delta`` (see ``onesided.logit_table``)."""
-    return onesided.logit_table(residual, delta, _threshold(delta), X_LOW, Y_TOP)
-
-
-def coordinate(
-    y: Tensor, kappa: Tensor, delta: float, table: onesided.StartTable, s: onesided.Scratch
-) -> Tensor:
-    """Returns the table coordinate of y (see ``onesided.log_distance``), in ``s.u``."""
-    return onesided.log_distance(y, kappa, saturation(delta), table, s)
-
-
-SOLVER = onesided.SideSolver(
-    name="reverse_kl",
+SOLVER = onesided.w_solver(
+    "reverse_kl",
+    residual=residual,
+    fast_residual=fast_residual,
     saturation=saturation,
-    table=table,
-    coordinate=coordinate,
-    step=onesided.w_step(fast_residual),
-    robust=functools.partial(onesided.logit_sides, residual=residual),
+    threshold=_threshold,
+    x_low=X_LOW,
+    y_top=Y_TOP,
 )
 
 
