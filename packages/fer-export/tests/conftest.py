@@ -3,6 +3,7 @@ synthetic face images that OpenCV's Haar cascade detects."""
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -101,6 +102,20 @@ def build_model(
 
 
 ModelFactory = Callable[..., Path]
+
+
+#: A progress line on stderr (``fer-export TASK: PHASE ...``), which may precede the error;
+#: the error itself is one line, the last: ``fer-export: error: ...``.
+PROGRESS_LINE = re.compile(r"fer-export [a-z0-9]+: \S.*")
+
+
+def assert_one_error_line(err: str, message: str) -> None:
+    """Checks that ``err`` ends in one ``fer-export: error:`` line containing ``message``,
+    after nothing but progress lines, with no traceback."""
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines, err
+    assert lines[-1].startswith("fer-export: error: ") and message in lines[-1], err
+    assert all(PROGRESS_LINE.fullmatch(line) for line in lines[:-1]), err
 
 
 # Captured now: sys.modules["conftest"] is whichever package's conftest was imported last.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,18 +19,6 @@ from capsnet_model.data import Preprocess  # noqa: E402
 from fer_export.cli import main  # noqa: E402
 
 TINY: dict[str, Any] = {"width": 1 / 16, "image_size": 64, "primary_channels": 4}
-
-
-#: A progress line on stderr (``fer-export TASK: PHASE ...``), which may precede the error;
-#: the error itself is one line, the last: ``fer-export: error: ...``.
-_PROGRESS = re.compile(r"fer-export [a-z0-9]+: \S.*")
-
-
-def _assert_one_error_line(err: str, message: str) -> None:
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and lines, err
-    assert lines[-1].startswith("fer-export: error: ") and message in lines[-1], err
-    assert all(_PROGRESS.fullmatch(line) for line in lines[:-1]), err
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
@@ -105,7 +92,7 @@ def test_verify_pass_and_fail(
 
 
 def test_error_exit_codes(
-    exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], helpers: Any
 ) -> None:
     ckpt, out = exported
     cases: list[tuple[list[str], str]] = [
@@ -136,7 +123,7 @@ def test_error_exit_codes(
     cases.append((["info", str(bare)], "no FER metadata"))
     for argv, message in cases:
         assert main(argv) == 2, argv
-        _assert_one_error_line(capsys.readouterr().err, message)
+        helpers.assert_one_error_line(capsys.readouterr().err, message)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -206,7 +193,7 @@ def test_verify_bad_onnx_is_one_line_exit_2(
         for extra in ([], ["--json"]):
             assert main(["verify", str(onnx_path), str(ckpt), *extra]) == 2, onnx_path
             captured = capsys.readouterr()
-            _assert_one_error_line(captured.err, message)
+            helpers.assert_one_error_line(captured.err, message)
             assert captured.out == ""
 
 

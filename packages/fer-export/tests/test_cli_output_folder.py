@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import stat
 import sys
 from pathlib import Path
@@ -20,18 +19,6 @@ from capsnet_model.data import Preprocess  # noqa: E402
 from fer_export.cli import main  # noqa: E402
 
 TINY: dict[str, Any] = {"width": 1 / 16, "image_size": 64, "primary_channels": 4}
-
-
-#: A progress line on stderr (``fer-export TASK: PHASE ...``), which may precede the error;
-#: the error itself is one line, the last: ``fer-export: error: ...``.
-_PROGRESS = re.compile(r"fer-export [a-z0-9]+: \S.*")
-
-
-def _assert_one_error_line(err: str, message: str) -> None:
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and lines, err
-    assert lines[-1].startswith("fer-export: error: ") and message in lines[-1], err
-    assert all(_PROGRESS.fullmatch(line) for line in lines[:-1]), err
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +45,7 @@ def test_export_creates_the_output_folder(checkpoint: Path, tmp_path: Path) -> N
 
 
 def test_export_output_errors_are_one_line(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], helpers: Any
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -70,5 +57,5 @@ def test_export_output_errors_are_one_line(
         assert main(["export", str(checkpoint), "-o", str(output), "--no-verify"]) == 2
         err = capsys.readouterr().err
         assert str(output) in err.strip().splitlines()[-1], err
-        _assert_one_error_line(err, message)
+        helpers.assert_one_error_line(err, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
