@@ -41,6 +41,7 @@ from fer_export.faces import (
     ThreadLocalDetector,
     as_rgb,
     clip_box,
+    shrunk,
 )
 
 __all__ = [
@@ -206,13 +207,9 @@ class MediaPipeFaceDetector:
         """
         if self._graph is None:
             raise ValueError("this MediaPipeFaceDetector is closed")
-        image = as_rgb(rgb)
-        height, width = image.shape[:2]
-        scale = 1.0
-        if self.max_side is not None and max(height, width) > self.max_side:
-            scale = self.max_side / max(height, width)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        full = as_rgb(rgb)
+        height, width = full.shape[:2]
+        image, _ = shrunk(full, self.max_side)
         result = self._graph.process(image)
         found: list[tuple[Box, float]] = []
         for detection in getattr(result, "detections", None) or ():

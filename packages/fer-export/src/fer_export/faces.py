@@ -68,6 +68,18 @@ class DetectorUnavailableError(RuntimeError):
     """OpenCV lacks ``CascadeClassifier`` or its cascade files (OpenCV 5.x dropped them)."""
 
 
+def shrunk(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """Returns ``(image, scale)``: ``image`` resized (area interpolation) so that its longer
+    side is ``max_side``, and the factor applied; the image itself and 1.0 when it is no larger
+    or ``max_side`` is None. A detector divides the boxes it finds by ``scale``."""
+    height, width = image.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return image, 1.0
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
 def as_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
     """Validate an RGB(A)/grayscale ``uint8`` array and return it as contiguous ``(H, W, 3)``.
 
@@ -220,13 +232,7 @@ class FaceDetector:
 
         Returns ``(x, y, w, h)`` boxes, largest area first; an empty list when none is found.
         """
-        image = as_rgb(rgb)
-        height, width = image.shape[:2]
-        scale = 1.0
-        if self.max_side is not None and max(height, width) > self.max_side:
-            scale = self.max_side / max(height, width)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        image, scale = shrunk(as_rgb(rgb), self.max_side)
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         found = self._classifier.detectMultiScale(
             gray,
