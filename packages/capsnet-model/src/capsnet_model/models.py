@@ -140,6 +140,28 @@ class _TemplateAttention(nn.Module):
         return t.to(image.dtype).expand(image.shape[0], -1, -1, -1)
 
 
+def _attended_trunk(
+    width: float,
+    in_channels: int,
+    image_size: int,
+    use_attention: bool,
+    placement: AttentionPlacement,
+    *,
+    min_feat: int,
+) -> tuple[VGGTrunk, _TemplateAttention | None, int]:
+    """Returns the VGG trunk (attention at ``ATTENTION_STAGES`` when used), the template
+    attention (None without attention) and the side of the trunk's output map.
+
+    Raises ValueError when that side would be below ``min_feat`` (the image is too small).
+    """
+    stages = ATTENTION_STAGES if use_attention else ()
+    trunk = VGGTrunk(width, in_channels, attention_stages=stages, placement=placement)
+    feat = image_size // trunk.reduction
+    if feat < min_feat:
+        raise ValueError(f"image_size {image_size} too small: need >= {min_feat * trunk.reduction}")
+    return trunk, _TemplateAttention(image_size) if use_attention else None, feat
+
+
 class E2Capsnet(nn.Module):
     """E2-Capsnet: VGG16-BN with AU-aware attention, primary capsules, dynamic routing.
 
@@ -178,15 +200,9 @@ class E2Capsnet(nn.Module):
         self.length_softmax = length_softmax
         self.use_attention = use_attention
         self.attention_placement = attention_placement
-        self.trunk = VGGTrunk(
-            width,
-            in_channels,
-            attention_stages=ATTENTION_STAGES if use_attention else (),
-            placement=attention_placement,
+        self.trunk, attention, feat = _attended_trunk(
+            width, in_channels, image_size, use_attention, attention_placement, min_feat=2
         )
-        feat = image_size // self.trunk.reduction
-        if feat < 2:
-            raise ValueError(f"image_size {image_size} too small: need >= 64")
         self.primary = PrimaryCapsules(
             self.trunk.out_channels, primary_maps, primary_maps, primary_channels, 2
         )
@@ -194,7 +210,7 @@ class E2Capsnet(nn.Module):
         self.routing = DynamicRouting(
             in_caps, primary_maps, num_classes, class_caps_dim, routing_iterations, softmax_over
         )
-        self.attention = _TemplateAttention(image_size) if use_attention else None
+        self.attention = attention
         self.decoder = (
             CapsuleDecoder(
                 num_classes, class_caps_dim, (in_channels, image_size, image_size), decoder_hidden
@@ -254,17 +270,10 @@ class VGGClassifier(nn.Module):
         self.image_size = image_size
         self.use_attention = use_attention
         self.attention_placement = attention_placement
-        self.trunk = VGGTrunk(
-            width,
-            in_channels,
-            attention_stages=ATTENTION_STAGES if use_attention else (),
-            placement=attention_placement,
+        self.trunk, self.attention, feat = _attended_trunk(
+            width, in_channels, image_size, use_attention, attention_placement, min_feat=1
         )
-        feat = image_size // self.trunk.reduction
-        if feat < 1:
-            raise ValueError(f"image_size {image_size} too small: need >= 32")
         hidden = _scaled(4096, width) if hidden is None else hidden
-        self.attention = _TemplateAttention(image_size) if use_attention else None
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(self.trunk.out_channels * feat * feat, hidden),
