@@ -46,6 +46,7 @@ _EXPORTS = {
     "TrainerCallback": "callbacks",
     "TrainerControl": "callbacks",
     "TrainerState": "callbacks",
+    "end_process_group": "collectives",
     "reduce_scalars": "collectives",
 }
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     )
     from rl_trainer.batch import RolloutBatch
     from rl_trainer.callbacks import TrainerCallback, TrainerControl, TrainerState
-    from rl_trainer.collectives import reduce_scalars
+    from rl_trainer.collectives import end_process_group, reduce_scalars
     from rl_trainer.config import TrainerConfig, load_config
     from rl_trainer.estimators import mean_at_k, pass_at_k
     from rl_trainer.rewards import (
@@ -98,6 +99,7 @@ __all__ = [
     "available_rollout_backends",
     "compute_advantages",
     "compute_rewards",
+    "end_process_group",
     "get_reward",
     "load_config",
     "mean_at_k",
