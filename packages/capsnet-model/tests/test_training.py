@@ -87,6 +87,7 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert info.name == "e2capsnet" and info.preprocess.image_size == 64
     # the attention placement is recorded although the config leaves it at its default
     assert info.kwargs == {**TINY, "image_size": 64, "attention_placement": "before_pool"}
+    assert info.extra["dataset"] == "synthetic"  # the training set's name, for fer.dataset
 
 
 def test_best_checkpoint_reproduces_the_reported_test_accuracy(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from fer_export.export import (  # noqa: E402
     VerificationError,
     annotate_model,
     export_onnx,
+    load_checkpoint,
     verify_onnx,
 )
 from fer_export.quantize import (  # noqa: E402
@@ -102,6 +103,36 @@ def test_export_writes_au_source_and_rule(tmp_path: Path, affine_model: Path) ->
     assert plain.contract.au_source == "none" and "fer.au_rule" not in plain.metadata
 
 
+def test_export_writes_the_dataset_the_checkpoint_records(tmp_path: Path) -> None:
+    from fer_export import FERSession
+
+    ckpt = _checkpoint(tmp_path, "e2capsnet", "template", primary_channels=4)
+    model, info = load_checkpoint(ckpt)
+    info.extra["dataset"] = "rafdb"
+    recorded = save_model(model, tmp_path / "recorded.safetensors", info)
+    path = export_onnx(recorded, tmp_path / "recorded.onnx")
+    assert read_model(path).contract.dataset == "rafdb"
+    assert FERSession(path).metadata["fer.dataset"] == "rafdb"
+    # Not recorded (or not printable text): no fer.dataset, and info says "not recorded".
+    info.extra["dataset"] = "bad\nname"
+    odd = save_model(model, tmp_path / "odd.safetensors", info)
+    for checkpoint in (ckpt, odd):
+        out = export_onnx(checkpoint, tmp_path / f"{checkpoint.stem}.onnx")
+        assert "fer.dataset" not in read_model(out).metadata
+
+
+def test_a_trained_checkpoint_exports_with_its_training_set(tmp_path: Path) -> None:
+    from capsnet_model.training import TrainConfig, train
+
+    config = TrainConfig.from_dict(
+        {"model": "e2capsnet", "model_kwargs": {"width": 0.0625, "primary_channels": 4},
+         "image_size": 64, "epochs": 1, "batch_size": 8, "max_batches_per_epoch": 1}
+    )  # fmt: skip
+    train(config, SyntheticFaces(28), output_dir=tmp_path / "run")
+    path = export_onnx(tmp_path / "run" / "best.safetensors", tmp_path / "trained.onnx")
+    assert read_model(path).metadata["fer.dataset"] == "synthetic"
+
+
 def test_landmarks_checkpoint_needs_the_attention_input(tmp_path: Path) -> None:
     ckpt = _checkpoint(tmp_path, "e2capsnet", "landmarks", primary_channels=4)
     with pytest.raises(ValueError, match="trained with landmark AU maps: export it with"):
@@ -122,7 +153,6 @@ def test_zero_map_checkpoint_bakes_zeros(tmp_path: Path) -> None:
     path = export_onnx(ckpt, tmp_path / "zeros.onnx")  # verified against zero maps
     contract = read_model(path).contract
     assert contract.attention == "baked" and contract.au_source == "none"
-    from fer_export.export import load_checkpoint
 
     model = load_checkpoint(ckpt)[0].eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)

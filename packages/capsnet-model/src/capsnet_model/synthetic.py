@@ -145,6 +145,7 @@ class SyntheticFaces(Dataset):
         if n <= 0:
             raise ValueError(f"n must be > 0, got {n!r}")
         self.n, self.seed, self.size, self.transform = n, seed, size, transform
+        self.name = "synthetic"  # the data set's name, as the real loaders' FERDataset.name
         order = np.random.default_rng(seed).permutation(n)
         self.labels = [int(k % len(EXPRESSION_NAMES)) for k in order]
 

@@ -405,6 +405,10 @@ def _setup(
 ) -> _Session:
     """Returns the session: model, training / validation split, optimiser and schedule."""
     built = _build_model(cfg, labels, device)
+    dataset = getattr(train_set, "name", "")
+    if isinstance(dataset, str) and dataset.strip() and dataset.isprintable():
+        # Read by fer-export, which writes it into the ONNX file as fer.dataset.
+        built.info.extra["dataset"] = dataset.strip()
     marks = dict(landmarks or {})
     train_labels = dataset_labels(train_set)
     _check_labels(train_labels, len(labels))

@@ -254,7 +254,8 @@ def build_contract(
     (:class:`capsnet_model.checkpoint.ModelInfo`), which wins over the defaults
     (``capsnet_model.datasets.EXPRESSIONS``, ImageNet statistics). ``au_source`` comes from
     :func:`au_source_of`, ``au_rule`` from ``capsnet_model.attention.AU_RULE`` (attention
-    models only).
+    models only), ``dataset`` from the checkpoint's ``extra["dataset"]`` (the training set's
+    name, which capsnet-model's training records) when it has one.
     """
     import capsnet_model
     from capsnet_model.attention import AU_RULE, FALLOFF, MAP_SIZE
@@ -280,6 +281,8 @@ def build_contract(
     if len(m) != 3 or len(s) != 3:
         raise ValueError(f"mean and std need 3 values, got {m}, {s}")
     extra: dict[str, Any] = {"model_class": type(model).__name__}
+    recorded = (getattr(info, "extra", None) or {}).get("dataset")
+    dataset = recorded.strip() if isinstance(recorded, str) and recorded.isprintable() else ""
     if info is not None:
         extra["model_kwargs"] = dict(getattr(info, "kwargs", {}) or {})
         extra["attention_source"] = str(getattr(info, "attention", ""))
@@ -301,6 +304,7 @@ def build_contract(
         au_falloff=float(FALLOFF),
         exporter=exporter_versions(),
         extra=extra,
+        dataset=dataset,
         au_source=au_source,
         au_rule=tuple((tuple(row.landmarks), float(row.down)) for row in AU_RULE)
         if mode != "none"
