@@ -317,7 +317,7 @@ with open(f"{out}/rank{dist.get_rank()}.json", "w") as handle:
 dist.destroy_process_group()
 # DDP keeps gloo's threads alive past the destroy; give them the GIL to release their last
 # tensors before the interpreter shuts down, or a process can abort after a good run.
-time.sleep(0.05)
+time.sleep(0.2)
 """
 
 

@@ -213,7 +213,7 @@ def run(cfg: AppConfig) -> dict[str, Any] | None:
             # DDP keeps gloo's worker threads alive past the destroy; one still releasing its
             # last collective's tensors needs the GIL, and if the interpreter is shutting down
             # by then the process aborts after a good run. Hand them the GIL while Python lives.
-            time.sleep(0.05)
+            time.sleep(0.2)
     return metrics
 
 

@@ -70,7 +70,7 @@ def gather_tensor(t: Tensor, accelerator: Accelerator | PartialState | None = No
     return gather(t)
 
 
-def end_process_group(settle_s: float = 0.05) -> bool:
+def end_process_group(settle_s: float = 0.2) -> bool:
     """Destroys torch.distributed's process group, if one was started; returns whether it was.
 
     Call it last, on every process, once no collective is left to run. Destroying the group
@@ -79,7 +79,8 @@ def end_process_group(settle_s: float = 0.05) -> bool:
     needs the GIL. If the interpreter is already shutting down by then, the thread is stopped
     in the middle of a C++ destructor and the process aborts ("terminate called without an
     active exception", exit status -6) after a good run. So the main thread then sleeps
-    ``settle_s`` seconds, which hands the GIL to those threads while Python is still alive.
+    ``settle_s`` seconds, which hands the GIL to those threads while Python is still alive
+    (they need microseconds once scheduled; the default leaves room for a loaded machine).
     Does nothing (and does not import torch.distributed) when no group was started.
     """
     import sys
