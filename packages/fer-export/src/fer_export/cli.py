@@ -40,7 +40,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,13 +183,21 @@ def _gather(
     return out
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _with_progress(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, ProgressPrinter | None], int],
+) -> int:
+    """Returns ``run(args, printer)``, closing the progress printer (if any) afterwards."""
     printer = _printer(args)
     try:
-        return _export(args, printer)
+        return run(args, printer)
     finally:
         if printer is not None:
             printer.close()
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    return _with_progress(args, _export)
 
 
 def _export(args: argparse.Namespace, printer: ProgressPrinter | None) -> int:
@@ -351,12 +359,7 @@ def _report(path: Path, stats: dict[str, float]) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    printer = _printer(args)
-    try:
-        return _verify(args, printer)
-    finally:
-        if printer is not None:
-            printer.close()
+    return _with_progress(args, _verify)
 
 
 def _verify(args: argparse.Namespace, printer: ProgressPrinter | None) -> int:
